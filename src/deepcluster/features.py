@@ -10,7 +10,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .models import Backbone
+from .models import FEATURE_NAMES, Backbone
+
+# The benchmarks' pooling of each ResNet-50 stage at 224 px (MMSelfSup and VISSL agree):
+# name -> (spatial size at 224 px, AvgPool2d kernel, stride, padding, pooled grid).
+EXACT_POOLING = {
+    "feature1": (112, 10, 10, 4, 12),
+    "feature2": (56, 16, 8, 0, 6),
+    "feature3": (28, 13, 5, 0, 4),
+    "feature4": (14, 8, 3, 0, 3),
+    "feature5": (7, 6, 1, 0, 2),
+}
+LAYERS = FEATURE_NAMES + ("avgpool",)
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, **kwargs) -> DataLoader:
@@ -52,9 +63,63 @@ def extract_global(backbone: Backbone, dataset: Dataset, batch_size: int = 256, 
 
 
 def pooled_map(backbone: Backbone, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function giving one feature map (``feature1``..``feature5``) or ``avgpool`` / ``global``."""
+    """A function giving the clustered ``global`` feature, or one benchmark layer pooled
+    (``feature1``..``feature5`` on their grids, ``avgpool``)."""
     if layer == "global":
         return backbone
-    if layer == "avgpool":
-        return lambda x: nn.functional.adaptive_avg_pool2d(backbone.forward_features(x)["feature5"], 1)
-    return lambda x: backbone.forward_features(x)[layer]
+    run = pooled_layers(backbone, (layer,))
+    return lambda x: run(x)[layer]
+
+
+def pool_feature_map(name: str, feature_map: torch.Tensor) -> torch.Tensor:
+    """Pool a stage's map to the benchmark grid (12/6/4/3/2) and flatten it.
+
+    At the reference size (ResNet-50 at 224 px) this is the references' exact AvgPool2d; at any
+    other size, adaptive average pooling to the same grid.
+    """
+    size, kernel, stride, padding, grid = EXACT_POOLING[name]
+    if feature_map.shape[-2:] == (size, size):
+        pooled = nn.functional.avg_pool2d(feature_map, kernel, stride, padding)
+    else:
+        pooled = nn.functional.adaptive_avg_pool2d(feature_map, grid)
+    return pooled.flatten(1)
+
+
+def pooled_layers(backbone: Backbone, layers: tuple[str, ...] = LAYERS
+                  ) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """One forward pass giving each requested layer pooled and flattened: ``feature1``..``feature5``
+    on the benchmark grids, ``avgpool`` the global average of the last stage."""
+    unknown = sorted(set(layers) - set(LAYERS))
+    if unknown:
+        raise ValueError(f"unknown layer(s) {', '.join(unknown)}; choose from {', '.join(LAYERS)}")
+
+    def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        maps = backbone.forward_features(x)
+        out = {name: pool_feature_map(name, maps[name]) for name in layers if name != "avgpool"}
+        if "avgpool" in layers:
+            out["avgpool"] = maps["feature5"].mean(dim=(2, 3))
+        return out
+    return run
+
+
+@torch.inference_mode()
+def extract_layers(backbone: Backbone, dataset: Dataset, layers: tuple[str, ...] = LAYERS,
+                   batch_size: int = 256, workers: int = 0, device: torch.device | str = "cpu",
+                   progress: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Pooled features of several layers from one pass over ``dataset`` (eval mode, float32)."""
+    backbone.eval()
+    run = pooled_layers(backbone, layers)
+    device = torch.device(device)
+    num = len(dataset)
+    features: dict[str, np.ndarray] = {}
+    labels = np.empty(num, dtype=np.int64)
+    start = 0
+    for images, targets in tqdm(make_loader(dataset, batch_size, workers), desc="extract layers",
+                                leave=False, disable=not progress, dynamic_ncols=True):
+        for name, out in run(images.to(device, non_blocking=True)).items():
+            if name not in features:
+                features[name] = np.empty((num, out.shape[1]), dtype=np.float32)
+            features[name][start:start + len(out)] = out.float().cpu().numpy()
+        labels[start:start + len(targets)] = targets.numpy()
+        start += len(targets)
+    return features, labels
