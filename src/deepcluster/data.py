@@ -307,6 +307,12 @@ def _split_folder(root: Path, split: str) -> Path | None:
     return None
 
 
+def _is_class_tree(root: Path) -> bool:
+    """Sub-folders and no images of its own: one folder per class. Otherwise: unlabelled."""
+    entries = list(root.iterdir())
+    return any(p.is_dir() for p in entries) and not any(_is_image(p) for p in entries)
+
+
 def load_dataset(value: str, split: str = "train", skip_unreadable: bool = False) -> ImageDataset:
     """Resolve a ``--data`` value into a dataset (see the module docstring for the forms)."""
     if split not in SPLITS:
@@ -344,7 +350,7 @@ def load_dataset(value: str, split: str = "train", skip_unreadable: bool = False
         elif split != "train":
             raise DataError(f"{path}: no '{'val' if split == 'test' else split}/' or 'test/' "
                             "folder for the evaluation split")
-        elif any(p.is_dir() for p in path.iterdir()):
+        elif _is_class_tree(path):
             dataset = image_folder_dataset(path)
         else:
             dataset = unlabelled_folder_dataset(path)

@@ -1,0 +1,66 @@
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from deepcluster.clustering import (check_cluster_params, cluster_features, kmeans, l2_normalise,
+                                    nmi, pca_whiten)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = load_digits()
+    return data.data.astype(np.float32), data.target
+
+
+def test_pca_whitening_gives_identity_covariance(digits):
+    features, _ = digits
+    whitened = pca_whiten(features, 16)
+    assert whitened.shape == (len(features), 16)
+    np.testing.assert_allclose(whitened.mean(axis=0), 0.0, atol=1e-4)
+    covariance = np.cov(whitened, rowvar=False)
+    np.testing.assert_allclose(covariance, np.eye(16), atol=1e-3)
+
+
+def test_kmeans_assigns_each_point_to_its_nearest_centroid(digits):
+    features, _ = digits
+    x = l2_normalise(pca_whiten(features, 32))
+    assignments, centroids, inertia = kmeans(x, 30, iterations=20, seed=3)
+    distances = ((x[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
+    np.testing.assert_array_equal(assignments, distances.argmin(axis=1))
+    assert inertia == pytest.approx(distances.min(axis=1).sum(), rel=1e-3)
+
+
+def test_kmeans_seed_changes_the_result(digits):
+    features, _ = digits
+    x = l2_normalise(pca_whiten(features, 32))
+    a, _, _ = kmeans(x, 30, seed=1)
+    b, _, _ = kmeans(x, 30, seed=1)
+    c, _, _ = kmeans(x, 30, seed=2)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_clustering_digits_recovers_the_classes(digits):
+    features, labels = digits
+    result = cluster_features(features, k=10, pca_dim=32, seed=0)
+    assert result.sizes.sum() == len(features)
+    assert nmi(labels, result.assignments) > 0.6
+    shuffled = np.random.default_rng(0).permutation(result.assignments)
+    assert nmi(labels, shuffled) < 0.05
+
+
+def test_more_clusters_than_images_is_a_clear_error():
+    with pytest.raises(ValueError, match="k=50 clusters is more than the 20 images"):
+        check_cluster_params(num_samples=20, feature_dim=64, k=50, pca_dim=16)
+
+
+def test_pca_dimension_is_clamped_with_a_warning():
+    with pytest.warns(UserWarning, match="PCA dimension 256 exceeds min"):
+        assert check_cluster_params(num_samples=40, feature_dim=64, k=10, pca_dim=256) == 40
+    features = np.random.default_rng(0).standard_normal((40, 64)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = cluster_features(features, k=10, pca_dim=256)
+    assert result.centroids.shape == (10, 40)

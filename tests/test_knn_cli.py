@@ -1,0 +1,82 @@
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from deepcluster.benchmarks.knn import knn_top1, weighted_knn_predict
+from deepcluster.cli import main
+
+
+def test_weighted_knn_on_a_hand_made_case():
+    train = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.2, 0.8]], dtype=np.float32)
+    labels = np.array([0, 0, 1, 1, 1])
+    test = np.array([[1.0, 0.05], [0.05, 1.0]], dtype=np.float32)
+    np.testing.assert_array_equal(weighted_knn_predict(train, labels, test, k=2), [0, 1])
+    # With all 5 neighbours, plain majority would say class 1 for the first point; the
+    # exp(similarity / T) weights at T = 0.07 let its two near neighbours win.
+    np.testing.assert_array_equal(weighted_knn_predict(train, labels, test[:1], k=5), [0])
+    assert weighted_knn_predict(train, labels, test[:1], k=5, temperature=100.0)[0] == 1
+    assert knn_top1(train, labels, test, np.array([0, 0]), k=2) == 50.0
+    with pytest.raises(ValueError, match="k=9 neighbours but only 5"):
+        weighted_knn_predict(train, labels, test, k=9)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = CliRunner().invoke(main, ["pretrain", "--data", "digits", "--k", "20", "--pca-dim",
+                                       "16", "--epochs", "1", "--batch-size", "64", "--out",
+                                       str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_cli_pretrain_then_knn_with_baselines(digits_run):
+    result = CliRunner().invoke(main, ["benchmark", "knn", "--checkpoint",
+                                       str(digits_run / "checkpoints" / "last.ckpt"), "--data",
+                                       "digits", "--baselines", "--out", str(digits_run / "knn")])
+    assert result.exit_code == 0, result.output
+    results = json.loads((digits_run / "knn" / "results.json").read_text())
+    rows = {row["features"]: row for row in results["rows"]}
+    assert set(rows) == {"deepcluster", "random init", "raw pixels"}
+    assert rows["raw pixels"]["dim"] == 28 * 28 and rows["deepcluster"]["dim"] == 256
+    for row in rows.values():
+        assert 50.0 < row["top1"] <= 100.0  # 10 digit classes: chance is 10%
+    assert "raw pixels" in result.output
+
+
+def test_cli_extract_writes_features(digits_run, tmp_path):
+    out = tmp_path / "f.npz"
+    result = CliRunner().invoke(main, ["extract", "--checkpoint",
+                                       str(digits_run / "checkpoints" / "last.ckpt"), "--data",
+                                       "digits", "--split", "test", "--layer", "feature2", "--out",
+                                       str(out)])
+    assert result.exit_code == 0, result.output
+    saved = np.load(out)
+    assert saved["features"].shape == (360, 64 * 6 * 6) and saved["features"].dtype == np.float32
+    assert saved["labels"].shape == (360,)
+
+
+def test_cli_refuses_to_overwrite_a_run(digits_run):
+    result = CliRunner().invoke(main, ["pretrain", "--data", "digits", "--out", str(digits_run)])
+    assert result.exit_code != 0 and "already holds a run" in result.output
+
+
+def test_cli_bad_input_is_one_clear_line(tmp_path):
+    result = CliRunner().invoke(main, ["pretrain", "--data", "no-such-data", "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "Error: --data 'no-such-data': not a bundled dataset" in result.output
+    assert "Traceback" not in result.output
+    result = CliRunner().invoke(main, ["pretrain", "--arch", "resnet51", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "arch='resnet51' is not one of" in result.output
+
+
+def test_pretrain_help_lists_every_config_field():
+    from dataclasses import fields
+
+    from deepcluster.config import PretrainConfig
+
+    result = CliRunner().invoke(main, ["pretrain", "--help"])
+    for spec in fields(PretrainConfig):
+        assert f"--{spec.name.replace('_', '-')}" in result.output

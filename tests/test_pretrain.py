@@ -1,0 +1,85 @@
+import csv
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from deepcluster.checkpoint import load_checkpoint
+from deepcluster.clustering import nmi
+from deepcluster.config import PretrainConfig
+from deepcluster.pretrain import pretrain
+
+SMALL = dict(data="fashion-mnist", subset=400, arch="small-cnn", k=20, pca_dim=32, batch_size=64,
+             extract_batch_size=200, lr=0.05, seed=3)
+
+
+def run(tmp_path, name, resume=None, **changes):
+    config = PretrainConfig(**{**SMALL, "out": str(tmp_path / name), **changes})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pretrain(config, resume=resume, progress=False)
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("pretrain")
+    return tmp_path, run(tmp_path, "full", epochs=2)
+
+
+def test_two_epochs_learn_clusters_that_agree_with_the_labels(two_epochs, fashion_train):
+    _, result = two_epochs
+    labels = fashion_train.targets[:400]
+    assert [row["epoch"] for row in result.history] == [0, 1, 2]
+    chance = np.mean([nmi(labels, np.random.default_rng(s).integers(0, 20, 400)) for s in range(5)])
+    final = result.history[-1]["nmi_labels"]
+    assert final == pytest.approx(nmi(labels, result.assignments))
+    assert final > chance + 0.25
+    for row in result.history[1:]:
+        assert 0 < row["loss"] < np.log(20) + 0.5  # cross-entropy over 20 clusters, not 1/k-scaled
+        assert row["train_s"] > 0 and row["extract_s"] > 0 and row["cluster_s"] > 0
+        assert 0 <= row["nmi_previous"] <= 1
+        assert row["smallest_cluster"] >= 1 and row["largest_cluster"] <= 400
+
+
+def test_outputs_checkpoint_assignments_and_metrics(two_epochs):
+    tmp_path, result = two_epochs
+    out = tmp_path / "full"
+    state = load_checkpoint(result.checkpoint)  # weights_only=True inside
+    assert state["epoch"] == 2 and state["config"]["k"] == 20
+    assert torch.equal(state["assignments"], torch.from_numpy(result.assignments))
+    for epoch in range(3):
+        saved = np.load(out / "assignments" / f"epoch_{epoch:03d}.npy")
+        assert saved.dtype == np.int32 and saved.shape == (400,)
+    np.testing.assert_array_equal(np.load(out / "assignments" / "epoch_002.npy"), result.assignments)
+    with open(out / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [0, 1, 2]
+    assert {"loss", "nmi_previous", "nmi_labels", "empty_clusters", "smallest_cluster",
+            "largest_cluster", "extract_s", "cluster_s", "train_s"} <= set(rows[0])
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_resume_gives_the_same_next_epoch(two_epochs):
+    tmp_path, full = two_epochs
+    first = run(tmp_path, "split", epochs=1)
+    resumed = run(tmp_path, "split", resume=first.checkpoint, epochs=2)
+    assert [row["epoch"] for row in resumed.history] == [2]
+    np.testing.assert_array_equal(resumed.assignments, full.assignments)
+    assert resumed.history[0]["loss"] == pytest.approx(full.history[2]["loss"], rel=1e-5)
+    a = load_checkpoint(full.checkpoint)["backbone"]
+    b = load_checkpoint(resumed.checkpoint)["backbone"]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resume_refuses_a_different_recipe(two_epochs, tmp_path):
+    _, full = two_epochs
+    with pytest.raises(ValueError, match="config differs.*k: 20 -> 30"):
+        run(tmp_path, "other", resume=full.checkpoint, epochs=3, k=30)
+
+
+def test_more_clusters_than_images_stops_before_training(tmp_path):
+    with pytest.raises(ValueError, match="k=500 clusters is more than the 400 images"):
+        run(tmp_path, "too-many", epochs=1, k=500)
