@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from .models import FEATURE_NAMES, Backbone
+from .report import progress_bar
 
 # The benchmarks' pooling of each ResNet-50 stage at 224 px (MMSelfSup and VISSL agree):
 # name -> (spatial size at 224 px, AvgPool2d kernel, stride, padding, pooled grid).
@@ -37,8 +37,7 @@ def extract(fn: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, devi
     features: np.ndarray | None = None
     labels = np.empty(num, dtype=np.int64)
     start = 0
-    for images, targets in tqdm(loader, desc=desc, leave=False, disable=not progress,
-                                dynamic_ncols=True):
+    for images, targets in progress_bar(loader, desc, enabled=progress):
         out = fn(images.to(device, non_blocking=True)).flatten(1).float().cpu().numpy()
         if features is None:
             features = np.empty((num, out.shape[1]), dtype=np.float32)
@@ -114,8 +113,8 @@ def extract_layers(backbone: Backbone, dataset: Dataset, layers: tuple[str, ...]
     features: dict[str, np.ndarray] = {}
     labels = np.empty(num, dtype=np.int64)
     start = 0
-    for images, targets in tqdm(make_loader(dataset, batch_size, workers), desc="extract layers",
-                                leave=False, disable=not progress, dynamic_ncols=True):
+    for images, targets in progress_bar(make_loader(dataset, batch_size, workers), "extract layers",
+                                        enabled=progress):
         for name, out in run(images.to(device, non_blocking=True)).items():
             if name not in features:
                 features[name] = np.empty((num, out.shape[1]), dtype=np.float32)

@@ -28,7 +28,6 @@ from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
 from rich.table import Table
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint, save_npy
 from .clustering import ClusteringResult, cluster_features, nmi
@@ -36,7 +35,7 @@ from .config import PretrainConfig
 from .data import load_dataset
 from .features import extract_global
 from .models import DeepClusterModel, build_backbone, reset_head
-from .report import console
+from .report import console, progress_bar
 from .sampler import UniformClusterSampler
 from .transforms import extraction_transform, training_transform
 
@@ -107,7 +106,7 @@ def train_one_epoch(fabric: Fabric, model: nn.Module, optimizer: torch.optim.Opt
     """Steps 5-6 for one epoch; returns the mean loss."""
     model.train()
     total, count = 0.0, 0
-    bar = tqdm(loader, desc=desc, leave=False, disable=not fabric.is_global_zero, dynamic_ncols=True)
+    bar = progress_bar(loader, desc, enabled=fabric.is_global_zero)
     for images, targets in bar:
         loss = nn.functional.cross_entropy(model(images), targets)
         optimizer.zero_grad(set_to_none=True)
@@ -252,7 +251,11 @@ def _fmt(value: Any) -> str:
 
 
 def _format_row(row: dict[str, Any]) -> str:
-    return "  ".join(f"{name}={_fmt(row[name])}" for name in COLUMNS)
+    f = {name: _fmt(value) for name, value in row.items()}
+    return (f"epoch {f['epoch']}: loss {f['loss']} | NMI previous {f['nmi_previous']} labels "
+            f"{f['nmi_labels']} | clusters: {f['empty_clusters']} empty, sizes "
+            f"{f['smallest_cluster']}-{f['largest_cluster']} | seconds: extract {f['extract_s']} "
+            f"cluster {f['cluster_s']} train {f['train_s']}")
 
 
 def history_table(history: list[dict[str, Any]]) -> Table:
