@@ -116,3 +116,20 @@ def test_transforms_give_three_channel_tensors(fashion_train):
     assert extraction_transform(224)(Image.new("RGB", (500, 375))).shape == (3, 224, 224)
     # The extraction transform has no randomness.
     assert torch.equal(extraction_transform(28)(image), extraction_transform(28)(image))
+
+
+def test_batched_pipelines_match_the_per_image_transforms(fashion_train):
+    from deepcluster.transforms import extraction_pipeline, training_pipeline
+
+    images = [fashion_train[i][0] for i in range(6)]
+    for size in (28, 48):
+        pipeline = extraction_pipeline(size, in_memory=True)
+        batch = pipeline.batch(torch.stack([pipeline.sample(image) for image in images]))
+        per_image = torch.stack([extraction_transform(size)(image) for image in images])
+        assert batch.shape == per_image.shape == (6, 3, size, size)
+        assert (batch - per_image).abs().mean() < 0.01
+    augment = training_pipeline("mmselfsup", 32, in_memory=True)
+    torch.manual_seed(0)
+    first = augment.batch(torch.stack([augment.sample(image) for image in images]))
+    second = augment.batch(torch.stack([augment.sample(image) for image in images]))
+    assert first.shape == (6, 3, 32, 32) and not torch.equal(first, second)

@@ -50,12 +50,17 @@ def extract(fn: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, devi
 
 
 def extract_global(backbone: Backbone, dataset: Dataset, batch_size: int = 256, workers: int = 0,
-                   device: torch.device | str = "cpu", progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """The backbone's global feature (what DeepCluster clusters) for every image, in eval mode."""
+                   device: torch.device | str = "cpu", progress: bool = True,
+                   batch_transform: nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The backbone's global feature (what DeepCluster clusters) for every image, in eval mode.
+
+    ``batch_transform`` runs on each batch before the backbone (the batched extraction pipeline).
+    """
     was_training = backbone.training
     backbone.eval()
+    fn = backbone if batch_transform is None else nn.Sequential(batch_transform, backbone)
     try:
-        return extract(backbone, make_loader(dataset, batch_size, workers), torch.device(device),
+        return extract(fn, make_loader(dataset, batch_size, workers), torch.device(device),
                        desc="extract", progress=progress)
     finally:
         backbone.train(was_training)

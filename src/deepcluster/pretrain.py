@@ -32,12 +32,12 @@ from torch.utils.data import DataLoader, Dataset
 from .checkpoint import load_checkpoint, save_checkpoint, save_npy
 from .clustering import ClusteringResult, cluster_features, nmi
 from .config import PretrainConfig
-from .data import load_dataset
+from .data import ArrayImageDataset, load_dataset
 from .features import extract_global
 from .models import DeepClusterModel, build_backbone, reset_head
 from .report import console, progress_bar
 from .sampler import UniformClusterSampler
-from .transforms import extraction_transform, training_transform
+from .transforms import extraction_pipeline, is_small, training_pipeline
 
 # Config fields that may change when a run is resumed; any other change is refused.
 RESUMABLE_CHANGES = {"epochs", "workers", "threads", "out", "accelerator", "devices",
@@ -67,13 +67,30 @@ class PseudoLabelled(Dataset):
         return image, int(self.assignments[index])
 
 
-def load_training_data(config: PretrainConfig) -> tuple[Dataset, Dataset]:
-    """The training set twice: with the training augmentation, and with the extraction transform."""
+@dataclass
+class TrainingData:
+    """The training images with the training augmentation and with the extraction transform."""
+
+    train_set: Dataset
+    eval_set: Dataset
+    train_batch: nn.Module  # applied to each training batch on the device
+    eval_batch: nn.Module  # applied to each extraction batch on the device
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return self.train_set.targets
+
+
+def load_training_data(config: PretrainConfig) -> TrainingData:
     images = load_dataset(config.data, "train", skip_unreadable=config.skip_unreadable)
     if config.subset:
         images = images.subset(config.subset)
-    return (images.with_transform(training_transform(config.augmentation, config.image_size)),
-            images.with_transform(extraction_transform(config.image_size)))
+    # Small images held in memory are augmented a whole batch at a time (much faster on a CPU).
+    in_memory = isinstance(images, ArrayImageDataset) and is_small(config.image_size)
+    train = training_pipeline(config.augmentation, config.image_size, in_memory)
+    extract = extraction_pipeline(config.image_size, in_memory)
+    return TrainingData(images.with_transform(train.sample), images.with_transform(extract.sample),
+                        train.batch, extract.batch)
 
 
 def build_optimizer(model: DeepClusterModel, config: PretrainConfig) -> torch.optim.SGD:
@@ -91,30 +108,33 @@ def learning_rate(config: PretrainConfig, epoch: int) -> float:
     return config.lr
 
 
-def cluster(fabric: Fabric, model: DeepClusterModel, eval_set: Dataset, config: PretrainConfig,
+def cluster(fabric: Fabric, model: DeepClusterModel, data: TrainingData, config: PretrainConfig,
             seed: int) -> tuple[ClusteringResult, float]:
     """Steps 1-3: extract, PCA-whiten, k-means. Returns the result and the extraction seconds."""
     start = time.perf_counter()
-    features, _ = extract_global(model.backbone, eval_set, config.extract_batch_size,
-                                 config.workers, fabric.device, progress=fabric.is_global_zero)
+    features, _ = extract_global(model.backbone, data.eval_set, config.extract_batch_size,
+                                 config.workers, fabric.device, progress=fabric.is_global_zero,
+                                 batch_transform=data.eval_batch)
     extract_seconds = time.perf_counter() - start
     return cluster_features(features, config.k, config.pca_dim, config.kmeans_iters, seed), extract_seconds
 
 
 def train_one_epoch(fabric: Fabric, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    loader: DataLoader, desc: str) -> float:
+                    loader: DataLoader, batch_transform: nn.Module, desc: str) -> float:
     """Steps 5-6 for one epoch; returns the mean loss."""
     model.train()
     total, count = 0.0, 0
     bar = progress_bar(loader, desc, enabled=fabric.is_global_zero)
     for images, targets in bar:
+        with torch.no_grad():
+            images = batch_transform(images)
         loss = nn.functional.cross_entropy(model(images), targets)
         optimizer.zero_grad(set_to_none=True)
         fabric.backward(loss)
         optimizer.step()
         total += loss.item() * len(targets)
         count += len(targets)
-        bar.set_postfix(loss=f"{total / count:.3f}")
+        bar.set_postfix(loss=f"{total / count:.3f}", refresh=False)
     return total / count
 
 
@@ -133,8 +153,9 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None,
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
 
-    train_set, eval_set = load_training_data(config)
-    labels = getattr(train_set, "targets", None)
+    data = load_training_data(config)
+    data.train_batch.to(fabric.device)
+    data.eval_batch.to(fabric.device)
     model = DeepClusterModel(build_backbone(config.arch, config.sobel), config.k)
     optimizer = build_optimizer(model, config)
 
@@ -153,9 +174,9 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None,
     checkpoint_path = out / "checkpoints" / "last.ckpt"
 
     if assignments is None:
-        clustering, extract_seconds = cluster(fabric, model, eval_set, config, seed=config.seed)
+        clustering, extract_seconds = cluster(fabric, model, data, config, seed=config.seed)
         assignments = clustering.assignments
-        row = _epoch_row(0, None, clustering, None, labels, extract_seconds, 0.0, 0.0)
+        row = _epoch_row(0, None, clustering, None, data.labels, extract_seconds, 0.0, 0.0)
         _log(fabric, row, history, out, assignments)
 
     for epoch in range(start_epoch, config.epochs):
@@ -167,17 +188,17 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None,
         reset_head(model.head)
         sampler = UniformClusterSampler(assignments, seed=config.seed + epoch)
         loader = fabric.setup_dataloaders(
-            DataLoader(PseudoLabelled(train_set, assignments), batch_size=config.batch_size,
+            DataLoader(PseudoLabelled(data.train_set, assignments), batch_size=config.batch_size,
                        sampler=sampler, num_workers=config.workers, drop_last=False),
             use_distributed_sampler=False)
         start = time.perf_counter()
-        loss = train_one_epoch(fabric, fabric_model, optimizer, loader,
+        loss = train_one_epoch(fabric, fabric_model, optimizer, loader, data.train_batch,
                                desc=f"epoch {epoch + 1}/{config.epochs}")
         train_seconds = time.perf_counter() - start
 
-        clustering, extract_seconds = cluster(fabric, model, eval_set, config,
+        clustering, extract_seconds = cluster(fabric, model, data, config,
                                               seed=config.seed + epoch + 1)
-        row = _epoch_row(epoch + 1, loss, clustering, assignments, labels, extract_seconds,
+        row = _epoch_row(epoch + 1, loss, clustering, assignments, data.labels, extract_seconds,
                          train_seconds, lr)
         assignments = clustering.assignments
         checkpoint_path = _save(checkpoint_path, model, optimizer, config, epoch + 1, assignments)

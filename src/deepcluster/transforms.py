@@ -9,13 +9,19 @@
   ``small`` a milder crop (scale 0.3-1) and flip, for 28-64 px data;
   ``none`` the extraction transform (no augmentation).
 Every transform returns a 3-channel float tensor; grey images are repeated over the channels.
+
+Two ways to apply them (``Pipeline``): per image in the data loader (torchvision, for image files),
+or per batch after the batch reaches the device (kornia, for small images held in memory, where
+per-image work would cost more than the network itself).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch import nn
 from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -71,3 +77,75 @@ def training_transform(name: str, image_size: int) -> Callable:
     else:
         raise ValueError(f"augmentation {name!r} is not one of {', '.join(AUGMENTATIONS)}")
     return v2.Compose([_rgb()] + steps + _normalise(image_size))
+
+
+# ----------------------------------------------------------------------------------------------
+# Batched: the same transforms on whole batches of in-memory images
+
+
+@dataclass
+class Pipeline:
+    """``sample`` runs per image in the loader; ``batch`` runs on each batch on the device."""
+
+    sample: Callable
+    batch: nn.Module
+
+
+class _ToFloatRGB(nn.Module):
+    """uint8 (B, 1 or 3, H, W) -> float in [0, 1], 3 channels, resized to ``size`` if given."""
+
+    def __init__(self, size: int | None = None):
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div_(255.0)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if self.size is not None and x.shape[-2:] != (self.size, self.size):
+            x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear",
+                                          antialias=True, align_corners=False)
+        return x
+
+
+def _batch_normalise(image_size: int) -> nn.Module:
+    import kornia.augmentation as K
+
+    mean, std = (SMALL_MEAN, SMALL_STD) if is_small(image_size) else (IMAGENET_MEAN, IMAGENET_STD)
+    return K.Normalize(torch.tensor(mean), torch.tensor(std))
+
+
+def _batch_augmentation(name: str, image_size: int) -> list[nn.Module]:
+    import kornia.augmentation as K
+
+    size = (image_size, image_size)
+    if name == "mmselfsup":
+        return [K.RandomResizedCrop(size), K.RandomHorizontalFlip(), K.RandomRotation(2.0),
+                K.ColorJitter(0.4, 0.4, 1.0, 0.5), K.RandomGrayscale(p=0.2)]
+    if name == "original":
+        return [K.RandomResizedCrop(size), K.RandomHorizontalFlip()]
+    if name == "small":
+        return [K.RandomResizedCrop(size, scale=(0.3, 1.0)), K.RandomHorizontalFlip()]
+    raise ValueError(f"augmentation {name!r} is not one of {', '.join(AUGMENTATIONS)}")
+
+
+def _uint8_tensor() -> Callable:
+    return v2.ToImage()
+
+
+def training_pipeline(name: str, image_size: int, in_memory: bool) -> Pipeline:
+    if not in_memory:
+        return Pipeline(training_transform(name, image_size), nn.Identity())
+    if name == "none":
+        return extraction_pipeline(image_size, in_memory)
+    steps = [_ToFloatRGB()] + _batch_augmentation(name, image_size) + [_batch_normalise(image_size)]
+    return Pipeline(_uint8_tensor(), nn.Sequential(*steps))
+
+
+def extraction_pipeline(image_size: int, in_memory: bool) -> Pipeline:
+    if not in_memory:
+        return Pipeline(extraction_transform(image_size), nn.Identity())
+    if not is_small(image_size):
+        raise ValueError("the batched pipeline is for small images; use the per-image one")
+    return Pipeline(_uint8_tensor(), nn.Sequential(_ToFloatRGB(image_size),
+                                                   _batch_normalise(image_size)))
