@@ -175,5 +175,13 @@ def demo(out: str, epochs: int | None) -> None:
     console.print(f"pretraining took {pretrain_seconds:.0f} s; results in {out}")
 
 
+# Linear benchmark, supervised baseline and the results table (issue #3).
+from .benchmarks.linear import linear_command, train_supervised_command  # noqa: E402
+benchmark.add_command(linear_command, "linear")
+main.add_command(train_supervised_command, "train-supervised")
+from .results import results_command  # noqa: E402
+main.add_command(results_command, "results")
+
+
 if __name__ == "__main__":
     sys.exit(main())
