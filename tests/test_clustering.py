@@ -23,21 +23,23 @@ def test_pca_whitening_gives_identity_covariance(digits):
     np.testing.assert_allclose(covariance, np.eye(16), atol=1e-3)
 
 
-def test_kmeans_assigns_each_point_to_its_nearest_centroid(digits):
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_kmeans_assigns_each_point_to_its_nearest_centroid(digits, backend):
     features, _ = digits
     x = l2_normalise(pca_whiten(features, 32))
-    assignments, centroids, inertia = kmeans(x, 30, iterations=20, seed=3)
+    assignments, centroids, inertia = kmeans(x, 30, iterations=20, seed=3, backend=backend)
     distances = ((x[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
     np.testing.assert_array_equal(assignments, distances.argmin(axis=1))
     assert inertia == pytest.approx(distances.min(axis=1).sum(), rel=1e-3)
 
 
-def test_kmeans_seed_changes_the_result(digits):
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_kmeans_seed_changes_the_result(digits, backend):
     features, _ = digits
     x = l2_normalise(pca_whiten(features, 32))
-    a, _, _ = kmeans(x, 30, seed=1)
-    b, _, _ = kmeans(x, 30, seed=1)
-    c, _, _ = kmeans(x, 30, seed=2)
+    a, _, _ = kmeans(x, 30, seed=1, backend=backend)
+    b, _, _ = kmeans(x, 30, seed=1, backend=backend)
+    c, _, _ = kmeans(x, 30, seed=2, backend=backend)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
@@ -64,3 +66,31 @@ def test_pca_dimension_is_clamped_with_a_warning():
         warnings.simplefilter("ignore")
         result = cluster_features(features, k=10, pca_dim=256)
     assert result.centroids.shape == (10, 40)
+
+
+def test_torch_kmeans_matches_faiss_within_kmeans_variance(digits):
+    features, _ = digits
+    x = l2_normalise(pca_whiten(features, 32))
+    faiss_inertia = [kmeans(x, 50, seed=s, backend="faiss")[2] for s in range(3)]
+    torch_inertia = [kmeans(x, 50, seed=s, backend="torch")[2] for s in range(3)]
+    spread = max(faiss_inertia) - min(faiss_inertia)
+    assert abs(np.mean(torch_inertia) - np.mean(faiss_inertia)) < max(spread, 0.02 * np.mean(faiss_inertia))
+
+
+def test_empty_clusters_take_half_of_the_largest():
+    import torch
+
+    from deepcluster.clustering import _split_largest
+
+    centroids = torch.tensor([[1.0, 2.0], [5.0, 5.0], [9.0, 9.0]])
+    counts = torch.tensor([10.0, 0.0, 3.0])
+    _split_largest(centroids, counts)
+    assert counts.tolist() == [5.0, 5.0, 3.0]
+    assert torch.allclose(centroids[1], torch.tensor([1.0 * (1 + 1 / 1024), 2.0 * (1 - 1 / 1024)]))
+    assert torch.allclose(centroids[0], torch.tensor([1.0 * (1 - 1 / 1024), 2.0 * (1 + 1 / 1024)]))
+    # Many identical points: most initial centroids collide, yet no cluster ends empty.
+    from deepcluster.clustering import torch_kmeans
+
+    x = torch.cat([torch.zeros(50, 4), torch.ones(50, 4), torch.randn(20, 4)])
+    assignments, _, _ = torch_kmeans(x, 8, iterations=10, seed=0)
+    assert torch.bincount(assignments, minlength=8).min() >= 1

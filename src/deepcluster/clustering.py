@@ -2,7 +2,9 @@
 
 ``cluster_features`` is the whole step: it takes the N x D features of the training set and returns
 one cluster id per image, plus the statistics the training loop logs. PCA is scikit-learn's
-(covariance eigendecomposition, whitened to unit variance); k-means is faiss.
+(covariance eigendecomposition, whitened to unit variance). k-means has two backends: ``faiss``
+(CPU, the references' choice) and ``torch`` (Lloyd's iterations as matrix products in chunks, on
+whatever device the features are, and across processes when torch.distributed is initialised).
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.distributed as dist
 from sklearn.decomposition import PCA
 from sklearn.metrics import normalized_mutual_info_score
 
 # faiss subsamples to this many points per centroid unless told otherwise; DeepCluster uses all.
 ALL_POINTS_PER_CENTROID = 10_000_000
+KMEANS_BACKENDS = ("faiss", "torch")
 
 
 @dataclass
@@ -60,8 +65,18 @@ def l2_normalise(x: np.ndarray, eps: float = 1e-10) -> np.ndarray:
     return x / (np.linalg.norm(x, axis=1, keepdims=True) + eps)
 
 
-def kmeans(x: np.ndarray, k: int, iterations: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
-    """faiss k-means on all points; returns (assignments, centroids, inertia)."""
+def kmeans(x: np.ndarray, k: int, iterations: int = 20, seed: int = 0,
+           backend: str = "faiss") -> tuple[np.ndarray, np.ndarray, float]:
+    """k-means on all points; returns (assignments, centroids, inertia).
+
+    Each point is assigned to its nearest final centroid.
+    """
+    if backend == "torch":
+        assignments, centroids, inertia = torch_kmeans(torch.from_numpy(np.asarray(x, np.float32)),
+                                                       k, iterations, seed)
+        return assignments.numpy(), centroids.numpy(), inertia
+    if backend != "faiss":
+        raise ValueError(f"k-means backend {backend!r} is not one of {', '.join(KMEANS_BACKENDS)}")
     import faiss  # imported here so that the data and model code load without it
 
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -73,13 +88,70 @@ def kmeans(x: np.ndarray, k: int, iterations: int = 20, seed: int = 0) -> tuple[
     return ids[:, 0].astype(np.int64), clustering.centroids.copy(), float(distances.sum())
 
 
+def _nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid and squared distance of every row, by matrix products in chunks."""
+    centroid_norms = (centroids * centroids).sum(dim=1)
+    ids, distances = [], []
+    for part in x.split(chunk):
+        scores = centroid_norms - 2.0 * part @ centroids.T  # ||x - c||^2 without the ||x||^2 term
+        best, index = scores.min(dim=1)
+        ids.append(index)
+        distances.append((best + (part * part).sum(dim=1)).clamp_min_(0.0))
+    return torch.cat(ids), torch.cat(distances)
+
+
+def _split_largest(centroids: torch.Tensor, counts: torch.Tensor) -> None:
+    """Give each empty cluster half of the largest one, as faiss does: copy its centroid and push
+    the two copies apart by a relative 1/1024 in alternating dimensions."""
+    eps = 1.0 / 1024.0
+    sign = torch.ones(centroids.shape[1], dtype=centroids.dtype, device=centroids.device)
+    sign[1::2] = -1.0
+    for empty in torch.nonzero(counts == 0).flatten().tolist():
+        largest = int(counts.argmax())
+        centroids[empty] = centroids[largest] * (1.0 + eps * sign)
+        centroids[largest] = centroids[largest] * (1.0 - eps * sign)
+        counts[empty] = counts[largest] // 2
+        counts[largest] -= counts[empty]
+
+
+def torch_kmeans(x: torch.Tensor, k: int, iterations: int = 20, seed: int = 0,
+                 chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Lloyd's k-means in torch on ``x``'s device; returns (assignments, centroids, inertia).
+
+    Under torch.distributed each process passes its own shard of the points: the initial
+    centroids come from rank 0's shard, and the per-cluster sums and counts are all-reduced every
+    iteration, so every process ends with the same centroids.
+    """
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    generator = torch.Generator().manual_seed(seed)
+    init = torch.randperm(len(x), generator=generator)[:k].to(x.device)
+    centroids = x[init].clone()
+    if distributed:
+        dist.broadcast(centroids, src=0)
+    for _ in range(iterations):
+        assignments, _ = _nearest(x, centroids, chunk)
+        sums = torch.zeros_like(centroids).index_add_(0, assignments, x)
+        counts = torch.bincount(assignments, minlength=k).to(x.dtype)
+        if distributed:
+            dist.all_reduce(sums)
+            dist.all_reduce(counts)
+        non_empty = counts > 0
+        centroids[non_empty] = sums[non_empty] / counts[non_empty, None]
+        _split_largest(centroids, counts)
+    assignments, distances = _nearest(x, centroids, chunk)
+    inertia = distances.sum()
+    if distributed:
+        dist.all_reduce(inertia)
+    return assignments, centroids, float(inertia)
+
+
 def cluster_features(features: np.ndarray, k: int, pca_dim: int = 256, iterations: int = 20,
-                     seed: int = 0) -> ClusteringResult:
+                     seed: int = 0, backend: str = "faiss") -> ClusteringResult:
     """PCA-whiten to ``pca_dim``, L2-normalise, and k-means into ``k`` clusters."""
     start = time.perf_counter()
     pca_dim = check_cluster_params(len(features), features.shape[1], k, pca_dim)
     reduced = l2_normalise(pca_whiten(features, pca_dim))
-    assignments, centroids, inertia = kmeans(reduced, k, iterations, seed)
+    assignments, centroids, inertia = kmeans(reduced, k, iterations, seed, backend)
     return ClusteringResult(assignments, centroids, inertia, time.perf_counter() - start)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from .clustering import KMEANS_BACKENDS
 from .models import ARCHITECTURES
 from .transforms import AUGMENTATIONS
 
@@ -29,6 +30,7 @@ class PretrainConfig:
     k: int = field(default=100, metadata={"help": "number of k-means clusters"})
     pca_dim: int = field(default=64, metadata={"help": "PCA-whitening dimension before k-means"})
     kmeans_iters: int = field(default=20, metadata={"help": "k-means iterations per clustering"})
+    kmeans_backend: str = field(default="faiss", metadata={"help": "k-means implementation: " + ", ".join(KMEANS_BACKENDS)})
     epochs: int = field(default=10, metadata={"help": "training epochs (one clustering before the first and after each)"})
     batch_size: int = field(default=256, metadata={"help": "training batch size"})
     lr: float = field(default=0.1, metadata={"help": "SGD learning rate"})
@@ -49,6 +51,7 @@ class PretrainConfig:
         _check_choice("augmentation", self.augmentation, AUGMENTATIONS)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("kmeans_backend", self.kmeans_backend, KMEANS_BACKENDS)
         for name in ("k", "pca_dim", "kmeans_iters", "epochs", "batch_size", "image_size",
                      "extract_batch_size", "devices"):
             if getattr(self, name) < 1:

@@ -116,7 +116,9 @@ def cluster(fabric: Fabric, model: DeepClusterModel, data: TrainingData, config:
                                  config.workers, fabric.device, progress=fabric.is_global_zero,
                                  batch_transform=data.eval_batch)
     extract_seconds = time.perf_counter() - start
-    return cluster_features(features, config.k, config.pca_dim, config.kmeans_iters, seed), extract_seconds
+    result = cluster_features(features, config.k, config.pca_dim, config.kmeans_iters, seed,
+                              config.kmeans_backend)
+    return result, extract_seconds
 
 
 def train_one_epoch(fabric: Fabric, model: nn.Module, optimizer: torch.optim.Optimizer,
