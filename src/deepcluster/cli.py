@@ -183,5 +183,13 @@ from .results import results_command  # noqa: E402
 main.add_command(results_command, "results")
 
 
+# VOC07 SVM and low-shot SVM benchmarks, and make-voc (issue #4).
+from .benchmarks.svm import lowshot_command, svm_command  # noqa: E402
+from .voc import data_group  # noqa: E402
+benchmark.add_command(svm_command, "svm")
+benchmark.add_command(lowshot_command, "lowshot")
+main.add_command(data_group, "data")
+
+
 if __name__ == "__main__":
     sys.exit(main())
