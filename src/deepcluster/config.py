@@ -43,6 +43,7 @@ class PretrainConfig:
     accelerator: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
     devices: int = field(default=1, metadata={"help": "devices per node"})
     precision: str = field(default="32-true", metadata={"help": "training precision: " + ", ".join(PRECISIONS)})
+    channels_last: bool = field(default=True, metadata={"help": "channels-last memory layout for model and batches (faster convolutions)"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, k-means, sampling and augmentation"})
     out: str = field(default="runs/pretrain", metadata={"help": "output folder (checkpoints, logs, assignments)"})
 

@@ -37,7 +37,7 @@ from .features import extract_global
 from .models import DeepClusterModel, build_backbone, reset_head
 from .report import console, progress_bar
 from .sampler import UniformClusterSampler
-from .transforms import extraction_pipeline, is_small, training_pipeline
+from .transforms import ChannelsLast, extraction_pipeline, is_small, training_pipeline
 
 # Config fields that may change when a run is resumed; any other change is refused.
 RESUMABLE_CHANGES = {"epochs", "workers", "threads", "out", "accelerator", "devices",
@@ -156,9 +156,14 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None,
     torch.manual_seed(config.seed)
 
     data = load_training_data(config)
+    if config.channels_last:
+        data.train_batch = nn.Sequential(data.train_batch, ChannelsLast())
+        data.eval_batch = nn.Sequential(data.eval_batch, ChannelsLast())
     data.train_batch.to(fabric.device)
     data.eval_batch.to(fabric.device)
     model = DeepClusterModel(build_backbone(config.arch, config.sobel), config.k)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config)
 
     start_epoch, assignments = 0, None

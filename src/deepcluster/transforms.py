@@ -108,6 +108,13 @@ class _ToFloatRGB(nn.Module):
         return x
 
 
+class ChannelsLast(nn.Module):
+    """Batches in channels-last layout, which the convolutions run faster on (CPU and GPU)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
+
+
 def _batch_normalise(image_size: int) -> nn.Module:
     import kornia.augmentation as K
 
