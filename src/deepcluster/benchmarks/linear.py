@@ -4,8 +4,9 @@ The backbone stays frozen in eval mode (no gradient, BatchNorm statistics untouc
 layer is pooled as in ``features.pooled_layers`` (the references' exact AvgPool2d for ResNet-50 at
 224 px, adaptive pooling to the same 12/6/4/3/2 grids otherwise) and flattened; a multi-head
 layer then goes through BatchNorm1d(affine=False) and a Linear layer, the AvgPool layer (global
-average of the last stage) through a Linear layer only, as in the published recipes. All heads
-train at once from one backbone forward pass, each with its own cross-entropy.
+average of the last stage) through a Linear layer only, as in the published recipes (the
+small-image preset normalises it too: ``avgpool_bn``). All heads train at once from one backbone
+forward pass, each with its own cross-entropy.
 
 Two modes, chosen by the augmentation:
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -35,15 +37,14 @@ from rich.table import Table
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import InterpolationMode, v2
-from tqdm.auto import tqdm
 
 from ..checkpoint import backbone_from_checkpoint, load_checkpoint, save_checkpoint, save_json
 from ..config import PRECISIONS
 from ..features import LAYERS, extract_layers, make_loader, pooled_layers
+from ..data import ArrayImageDataset
 from ..models import FEATURE_NAMES, Backbone, DeepClusterModel
 from ..readers import load_benchmark_dataset
-from ..report import console
-from ..data import ArrayImageDataset
+from ..report import console, progress_bar
 from ..transforms import (_normalise, extraction_pipeline, extraction_transform, is_small,
                           training_pipeline, training_transform)
 
@@ -337,7 +338,7 @@ def cache_features(backbone: Backbone, dataset: Dataset, layers: tuple[str, ...]
     num = len(dataset)
     cache: dict[str, torch.Tensor] = {}
     labels = torch.empty(num, dtype=torch.int64)
-    for start in tqdm(range(0, num, chunk), desc=desc, leave=False, dynamic_ncols=True):
+    for start in progress_bar(range(0, num, chunk), desc):
         part = Subset(dataset, range(start, min(start + chunk, num)))
         features, targets = extract_layers(backbone, part, layers, batch_size, workers, device,
                                            progress=False)
@@ -369,7 +370,7 @@ def streamed_batches(fabric: Fabric, backbone: Backbone, loader: DataLoader,
                      layers: tuple[str, ...], desc: str) -> Batches:
     """One frozen backbone forward per batch, shared by every head."""
     run = pooled_layers(backbone, layers)
-    for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    for images, targets in progress_bar(loader, desc):
         backbone.eval()  # nothing may put it back into training mode behind our back
         with torch.no_grad(), fabric.autocast():
             features = {name: value.float() for name, value in run(images).items()}
@@ -436,6 +437,41 @@ def _num_classes(train: Dataset, test: Dataset, data: str) -> int:
     return num
 
 
+BatchSource = Callable[[], Batches]
+
+
+def feature_sources(fabric: Fabric, backbone: Backbone, config: LinearConfig, train: Dataset,
+                    test: Dataset, image_size: int) -> tuple[BatchSource, BatchSource, float]:
+    """Where the heads' batches come from: the cache (extracted here; its seconds are returned)
+    or the frozen backbone on every augmented batch (0 seconds up front)."""
+    layers = config.layers
+    generator = torch.Generator().manual_seed(config.seed)
+    if config.cached:
+        start = time.perf_counter()
+        caches = []
+        for split, dataset in (("train", train), ("test", test)):
+            inputs, batch_transform = extraction_inputs(dataset, image_size)
+            caches.append(cache_features(backbone, inputs, layers, config.cache_dtype,
+                                         config.eval_batch_size, config.workers, fabric.device,
+                                         f"cache {split}", batch_transform))
+        (train_cache, train_labels), (test_cache, test_labels) = caches
+        return (partial(cached_batches, train_cache, train_labels, config.batch_size, generator,
+                        fabric.device),
+                partial(cached_batches, test_cache, test_labels, config.eval_batch_size, None,
+                        fabric.device),
+                time.perf_counter() - start)
+    train_set = train.with_transform(probe_train_transform(config.augmentation, image_size))
+    train_loader = fabric.setup_dataloaders(
+        make_loader(train_set, config.batch_size, config.workers, shuffle=True,
+                    generator=generator), use_distributed_sampler=False)
+    test_loader = fabric.setup_dataloaders(
+        make_loader(test.with_transform(extraction_transform(image_size)),
+                    config.eval_batch_size, config.workers), use_distributed_sampler=False)
+    return (partial(streamed_batches, fabric, backbone, train_loader, layers, "probe train"),
+            partial(streamed_batches, fabric, backbone, test_loader, layers, "probe eval"),
+            0.0)
+
+
 def checkpoint_label(path: str | Path, random_init: bool) -> str:
     """How a run is labelled in the tables: deepcluster, random init or supervised."""
     if random_init:
@@ -459,43 +495,19 @@ def run_linear(checkpoint: str | Path, config: LinearConfig, out: str | Path,
     backbone, pretrain_config = backbone_from_checkpoint(checkpoint, random_init=random_init)
     backbone = freeze(backbone).to(fabric.device)
     image_size = config.image_size or pretrain_config.image_size
-    layers = config.layers
     train = _labelled(config.data, "train", config.subset)
     test = _labelled(config.data, "test", config.test_subset)
     num_classes = _num_classes(train, test, config.data)
 
     torch.manual_seed(config.seed)
-    probe = LinearProbe(head_dims(backbone, image_size, layers), num_classes, config.avgpool_bn)
+    probe = LinearProbe(head_dims(backbone, image_size, config.layers), num_classes,
+                        config.avgpool_bn)
     optimizer = build_optimizer(probe, config)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
     fabric_probe, optimizer = fabric.setup(probe, optimizer)
 
-    extract_seconds = 0.0
-    if config.cached:
-        start = time.perf_counter()
-        caches = []
-        for split, dataset in (("train", train), ("test", test)):
-            inputs, batch_transform = extraction_inputs(dataset, image_size)
-            caches.append(cache_features(backbone, inputs, layers, config.cache_dtype,
-                                         config.eval_batch_size, config.workers, fabric.device,
-                                         f"cache {split}", batch_transform))
-        train_cache, test_cache = caches
-        extract_seconds = time.perf_counter() - start
-        generator = torch.Generator().manual_seed(config.seed)
-        train_batches = lambda: cached_batches(*train_cache, config.batch_size, generator, fabric.device)
-        test_batches = lambda: cached_batches(*test_cache, config.eval_batch_size, None, fabric.device)
-    else:
-        train_set = train.with_transform(probe_train_transform(config.augmentation, image_size))
-        generator = torch.Generator().manual_seed(config.seed)
-        train_loader = fabric.setup_dataloaders(
-            make_loader(train_set, config.batch_size, config.workers, shuffle=True,
-                        generator=generator), use_distributed_sampler=False)
-        test_set = test.with_transform(extraction_transform(image_size))
-        test_loader = fabric.setup_dataloaders(
-            make_loader(test_set, config.eval_batch_size, config.workers),
-            use_distributed_sampler=False)
-        train_batches = lambda: streamed_batches(fabric, backbone, train_loader, layers, "probe train")
-        test_batches = lambda: streamed_batches(fabric, backbone, test_loader, layers, "probe eval")
+    train_batches, test_batches, extract_seconds = feature_sources(
+        fabric, backbone, config, train, test, image_size)
 
     history = []
     start = time.perf_counter()
