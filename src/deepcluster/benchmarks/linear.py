@@ -45,8 +45,8 @@ from ..data import ArrayImageDataset
 from ..models import FEATURE_NAMES, Backbone, DeepClusterModel
 from ..readers import load_benchmark_dataset
 from ..report import console, progress_bar
-from ..transforms import (_normalise, extraction_pipeline, extraction_transform, is_small,
-                          training_pipeline, training_transform)
+from ..transforms import (ChannelsLast, _normalise, extraction_pipeline, extraction_transform,
+                          is_small, training_pipeline, training_transform)
 
 HEAD_SETS = {"mhead": FEATURE_NAMES, "avgpool": ("avgpool",), "all": LAYERS}
 # Training augmentations of the probes; "none" (the extraction transform) allows the feature cache.
@@ -367,11 +367,14 @@ def cached_batches(cache: dict[str, torch.Tensor], labels: torch.Tensor, batch_s
 
 
 def streamed_batches(fabric: Fabric, backbone: Backbone, loader: DataLoader,
-                     layers: tuple[str, ...], desc: str) -> Batches:
-    """One frozen backbone forward per batch, shared by every head."""
+                     layers: tuple[str, ...], desc: str, layout: nn.Module | None = None) -> Batches:
+    """One frozen backbone forward per batch, shared by every head; ``layout`` prepares the
+    batch (channels-last) before the backbone."""
     run = pooled_layers(backbone, layers)
     for images, targets in progress_bar(loader, desc):
         backbone.eval()  # nothing may put it back into training mode behind our back
+        if layout is not None:
+            images = layout(images)
         with torch.no_grad(), fabric.autocast():
             features = {name: value.float() for name, value in run(images).items()}
         yield features, targets
@@ -441,9 +444,11 @@ BatchSource = Callable[[], Batches]
 
 
 def feature_sources(fabric: Fabric, backbone: Backbone, config: LinearConfig, train: Dataset,
-                    test: Dataset, image_size: int) -> tuple[BatchSource, BatchSource, float]:
+                    test: Dataset, image_size: int, layout: nn.Module
+                    ) -> tuple[BatchSource, BatchSource, float]:
     """Where the heads' batches come from: the cache (extracted here; its seconds are returned)
-    or the frozen backbone on every augmented batch (0 seconds up front)."""
+    or the frozen backbone on every augmented batch (0 seconds up front). ``layout`` puts each
+    batch in the backbone's memory layout."""
     layers = config.layers
     generator = torch.Generator().manual_seed(config.seed)
     if config.cached:
@@ -453,7 +458,7 @@ def feature_sources(fabric: Fabric, backbone: Backbone, config: LinearConfig, tr
             inputs, batch_transform = extraction_inputs(dataset, image_size)
             caches.append(cache_features(backbone, inputs, layers, config.cache_dtype,
                                          config.eval_batch_size, config.workers, fabric.device,
-                                         f"cache {split}", batch_transform))
+                                         f"cache {split}", nn.Sequential(batch_transform, layout)))
         (train_cache, train_labels), (test_cache, test_labels) = caches
         return (partial(cached_batches, train_cache, train_labels, config.batch_size, generator,
                         fabric.device),
@@ -467,8 +472,8 @@ def feature_sources(fabric: Fabric, backbone: Backbone, config: LinearConfig, tr
     test_loader = fabric.setup_dataloaders(
         make_loader(test.with_transform(extraction_transform(image_size)),
                     config.eval_batch_size, config.workers), use_distributed_sampler=False)
-    return (partial(streamed_batches, fabric, backbone, train_loader, layers, "probe train"),
-            partial(streamed_batches, fabric, backbone, test_loader, layers, "probe eval"),
+    return (partial(streamed_batches, fabric, backbone, train_loader, layers, "probe train", layout),
+            partial(streamed_batches, fabric, backbone, test_loader, layers, "probe eval", layout),
             0.0)
 
 
@@ -494,6 +499,9 @@ def run_linear(checkpoint: str | Path, config: LinearConfig, out: str | Path,
 
     backbone, pretrain_config = backbone_from_checkpoint(checkpoint, random_init=random_init)
     backbone = freeze(backbone).to(fabric.device)
+    layout = nn.Identity()
+    if getattr(pretrain_config, "channels_last", False):  # faster convolutions, as in pretraining
+        backbone, layout = backbone.to(memory_format=torch.channels_last), ChannelsLast()
     image_size = config.image_size or pretrain_config.image_size
     train = _labelled(config.data, "train", config.subset)
     test = _labelled(config.data, "test", config.test_subset)
@@ -507,7 +515,7 @@ def run_linear(checkpoint: str | Path, config: LinearConfig, out: str | Path,
     fabric_probe, optimizer = fabric.setup(probe, optimizer)
 
     train_batches, test_batches, extract_seconds = feature_sources(
-        fabric, backbone, config, train, test, image_size)
+        fabric, backbone, config, train, test, image_size, layout)
 
     history = []
     start = time.perf_counter()
@@ -597,11 +605,15 @@ def train_supervised(checkpoint: str | Path, out: str | Path, data: str | None =
         torch.set_num_threads(threads or config.threads)
     torch.manual_seed(config.seed)
     model = DeepClusterModel(backbone.train(), classes)
+    batch_transform = pipeline.batch
+    if getattr(config, "channels_last", False):
+        model = model.to(memory_format=torch.channels_last)
+        batch_transform = nn.Sequential(batch_transform, ChannelsLast())
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda e: 0.5 * (1.0 + math.cos(math.pi * e / epochs)))
     fabric_model, optimizer = fabric.setup(model, optimizer)
-    batch_transform = pipeline.batch.to(fabric.device)
+    batch_transform = batch_transform.to(fabric.device)
     loader = fabric.setup_dataloaders(
         make_loader(train_set, batch_size, workers, shuffle=True,
                     generator=torch.Generator().manual_seed(config.seed)),
