@@ -422,7 +422,7 @@ def _compose(rng: np.random.Generator, photos, items: np.ndarray, item_labels: n
     return np.clip(canvas, 0, 255).astype(np.uint8), objects
 
 
-def make_voc(out: str | Path, trainval: int = 800, test: int = 400, seed: int = 0,
+def make_voc(out: str | Path, trainval: int = 500, test: int = 400, seed: int = 0,
              width: int = 112, height: int = 96, max_objects: int = 3,
              difficult_rate: float = 0.12, quality: int = 90) -> Path:
     """Write a small VOC2007-format dataset under ``out/VOC2007`` and return that folder.
@@ -486,7 +486,7 @@ def data_group() -> None:
 @data_group.command("make-voc")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="folder to write (the devkit goes to OUT/VOC2007)")
-@click.option("--trainval", default=800, show_default=True, help="trainval images")
+@click.option("--trainval", default=500, show_default=True, help="trainval images")
 @click.option("--test", default=400, show_default=True, help="test images")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--width", default=112, show_default=True)
