@@ -49,6 +49,19 @@ def test_imagenet_class_folders(imagenet_folders: Path) -> None:
     assert image.size == (6, 6) and label == 1
 
 
+def test_every_command_reads_the_official_layouts(imagenet_folders: Path) -> None:
+    # --data imagenet:ROOT goes through the same reader in pretrain, extract and the benchmarks.
+    from deepcluster.data import load_dataset
+
+    _image(imagenet_folders / "train" / "n01440764" / "broken.JPEG").write_bytes(b"not a jpeg")
+    with pytest.warns(UserWarning, match="skipped 1 unreadable image.*broken.JPEG"):
+        dataset = load_dataset(f"imagenet:{imagenet_folders}", "train", skip_unreadable=True)
+    assert dataset.classes == ["n01440764", "n01443537"]
+    assert dataset.targets.tolist() == [0, 0, 1, 1]
+    with pytest.raises(DataError, match="not found"):
+        load_dataset(f"places205:{imagenet_folders / 'missing'}")
+
+
 def test_imagenet_val_folder_must_be_a_training_class(imagenet_folders: Path) -> None:
     _image(imagenet_folders / "val" / "n99999999" / "x.JPEG")
     with pytest.raises(DataError, match="unknown class 'n99999999'"):

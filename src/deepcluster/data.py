@@ -9,7 +9,8 @@ and ``classes``. ``load_dataset`` turns a ``--data`` value into one of them:
 - ``idx:DIR``: any folder of MNIST-style IDX files;
 - a folder with one sub-folder per class (ImageNet style), or with ``train/`` and ``val/`` trees;
 - a list file, one ``relative/path [label]`` per line (ImageNet / Places205 lists);
-- a folder of images with no class sub-folders (unlabelled).
+- a folder of images with no class sub-folders (unlabelled);
+- ``imagenet:ROOT``, ``places205:ROOT``, ``inat2018:ROOT``: the official layouts (``readers.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
                          "Sneaker", "Bag", "Ankle boot")
 
 SPLITS = ("train", "test")
+# ``--data PREFIX:ROOT`` reads the official layouts of the benchmark datasets (see readers.py).
+OFFICIAL_LAYOUTS = ("imagenet", "places205", "inat2018")
 
 
 class DataError(ValueError):
@@ -337,6 +340,21 @@ def load_dataset(value: str, split: str = "train", skip_unreadable: bool = False
     if value.startswith("idx:"):
         return load_idx_folder(Path(value[4:]), split, value)
 
+    if value.split(":", 1)[0] in OFFICIAL_LAYOUTS:
+        from .readers import load_benchmark_dataset  # imported here: readers builds on this module
+
+        dataset = load_benchmark_dataset(value, split)
+    else:
+        dataset = _path_dataset(value, split)
+    if skip_unreadable:
+        skipped = dataset.drop_unreadable()
+        if skipped:
+            warnings.warn(f"{value}: skipped {skipped} unreadable image(s), "
+                          f"first: {dataset.skipped[0]}", stacklevel=2)
+    return dataset
+
+
+def _path_dataset(value: str, split: str) -> ImageDataset:
     path = Path(value)
     if not path.exists():
         raise DataError(f"--data {value!r}: not a bundled dataset (fashion-mnist, mnist, digits) "
@@ -354,11 +372,6 @@ def load_dataset(value: str, split: str = "train", skip_unreadable: bool = False
             dataset = image_folder_dataset(path)
         else:
             dataset = unlabelled_folder_dataset(path)
-    if skip_unreadable:
-        skipped = dataset.drop_unreadable()
-        if skipped:
-            warnings.warn(f"{value}: skipped {skipped} unreadable image(s), "
-                          f"first: {dataset.skipped[0]}", stacklevel=2)
     return dataset
 
 
