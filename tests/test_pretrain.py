@@ -83,3 +83,12 @@ def test_resume_refuses_a_different_recipe(two_epochs, tmp_path):
 def test_more_clusters_than_images_stops_before_training(tmp_path):
     with pytest.raises(ValueError, match="k=500 clusters is more than the 400 images"):
         run(tmp_path, "too-many", epochs=1, k=500)
+
+
+def test_batch_transforms_in_loader_workers_give_the_same_run(tmp_path):
+    # On the CPU with workers, the batched transforms run in the workers' collate; without
+    # augmentation (deterministic) that must not change a single assignment or the loss.
+    in_main = run(tmp_path, "workers0", epochs=1, augmentation="none", workers=0)
+    in_workers = run(tmp_path, "workers1", epochs=1, augmentation="none", workers=1)
+    np.testing.assert_array_equal(in_main.assignments, in_workers.assignments)
+    assert in_main.history[-1]["loss"] == pytest.approx(in_workers.history[-1]["loss"], rel=1e-5)

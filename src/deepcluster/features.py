@@ -7,7 +7,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .models import FEATURE_NAMES, Backbone
 from .report import progress_bar
@@ -22,6 +22,28 @@ EXACT_POOLING = {
     "feature5": (7, 6, 1, 0, 2),
 }
 LAYERS = FEATURE_NAMES + ("avgpool",)
+
+
+class TransformingCollate:
+    """Collate a batch, then apply a batch transform: runs the batched augmentation inside the
+    loader's worker processes, in parallel with the model step, when the model is on the CPU."""
+
+    def __init__(self, batch_transform: nn.Module):
+        self.batch_transform = batch_transform
+
+    def __call__(self, samples: list) -> tuple[torch.Tensor, torch.Tensor]:
+        images, targets = default_collate(samples)
+        with torch.no_grad():
+            return self.batch_transform(images), targets
+
+
+def split_batch_transform(batch_transform: nn.Module, workers: int, device: torch.device
+                          ) -> tuple[Callable | None, nn.Module]:
+    """Where a batch transform runs: ``(collate_fn, on_device)``. On the CPU with loader workers it
+    goes into the workers' collate; otherwise it runs on the device after the batch arrives."""
+    if workers > 0 and device.type == "cpu":
+        return TransformingCollate(batch_transform), nn.Identity()
+    return None, batch_transform
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, **kwargs) -> DataLoader:
@@ -58,10 +80,12 @@ def extract_global(backbone: Backbone, dataset: Dataset, batch_size: int = 256, 
     """
     was_training = backbone.training
     backbone.eval()
-    fn = backbone if batch_transform is None else nn.Sequential(batch_transform, backbone)
+    device = torch.device(device)
+    collate_fn, on_device = split_batch_transform(batch_transform or nn.Identity(), workers, device)
+    loader = make_loader(dataset, batch_size, workers, collate_fn=collate_fn)
     try:
-        return extract(fn, make_loader(dataset, batch_size, workers), torch.device(device),
-                       desc="extract", progress=progress)
+        return extract(nn.Sequential(on_device, backbone), loader, device, desc="extract",
+                       progress=progress)
     finally:
         backbone.train(was_training)
 

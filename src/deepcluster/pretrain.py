@@ -33,7 +33,7 @@ from .checkpoint import load_checkpoint, save_checkpoint, save_npy
 from .clustering import ClusteringResult, cluster_features, nmi
 from .config import PretrainConfig
 from .data import ArrayImageDataset, load_dataset
-from .features import extract_global
+from .features import extract_global, split_batch_transform
 from .models import DeepClusterModel, build_backbone, reset_head
 from .report import console, progress_bar
 from .sampler import UniformClusterSampler
@@ -112,9 +112,11 @@ def cluster(fabric: Fabric, model: DeepClusterModel, data: TrainingData, config:
             seed: int) -> tuple[ClusteringResult, float]:
     """Steps 1-3: extract, PCA-whiten, k-means. Returns the result and the extraction seconds."""
     start = time.perf_counter()
-    features, _ = extract_global(model.backbone, data.eval_set, config.extract_batch_size,
-                                 config.workers, fabric.device, progress=fabric.is_global_zero,
-                                 batch_transform=data.eval_batch)
+    with fabric.autocast():  # the training precision (bf16-mixed: bf16 convolutions) here too
+        features, _ = extract_global(model.backbone, data.eval_set, config.extract_batch_size,
+                                     config.workers, fabric.device,
+                                     progress=fabric.is_global_zero,
+                                     batch_transform=data.eval_batch)
     extract_seconds = time.perf_counter() - start
     result = cluster_features(features, config.k, config.pca_dim, config.kmeans_iters, seed,
                               config.kmeans_backend)
@@ -194,12 +196,15 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None,
         torch.manual_seed(config.seed + epoch + 1)
         reset_head(model.head)
         sampler = UniformClusterSampler(assignments, seed=config.seed + epoch)
+        collate_fn, on_device = split_batch_transform(data.train_batch, config.workers,
+                                                      fabric.device)
         loader = fabric.setup_dataloaders(
             DataLoader(PseudoLabelled(data.train_set, assignments), batch_size=config.batch_size,
-                       sampler=sampler, num_workers=config.workers, drop_last=False),
+                       sampler=sampler, num_workers=config.workers, collate_fn=collate_fn,
+                       drop_last=False),
             use_distributed_sampler=False)
         start = time.perf_counter()
-        loss = train_one_epoch(fabric, fabric_model, optimizer, loader, data.train_batch,
+        loss = train_one_epoch(fabric, fabric_model, optimizer, loader, on_device,
                                desc=f"epoch {epoch + 1}/{config.epochs}")
         train_seconds = time.perf_counter() - start
 
