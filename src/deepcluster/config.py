@@ -31,7 +31,7 @@ class PretrainConfig:
     pca_dim: int = field(default=64, metadata={"help": "PCA-whitening dimension before k-means"})
     kmeans_iters: int = field(default=20, metadata={"help": "k-means iterations per clustering"})
     kmeans_backend: str = field(default="faiss", metadata={"help": "k-means implementation: " + ", ".join(KMEANS_BACKENDS)})
-    epochs: int = field(default=10, metadata={"help": "training epochs (one clustering before the first and after each)"})
+    epochs: int = field(default=6, metadata={"help": "training epochs (one clustering before the first and after each)"})
     batch_size: int = field(default=256, metadata={"help": "training batch size"})
     lr: float = field(default=0.1, metadata={"help": "SGD learning rate"})
     lr_schedule: str = field(default="constant", metadata={"help": "learning-rate schedule over the epochs: " + ", ".join(LR_SCHEDULES)})
@@ -100,7 +100,8 @@ PRESETS: dict[str, PretrainConfig] = {
     "mmselfsup-peer": PretrainConfig(
         data="fashion-mnist", subset=10000, arch="resnet18", sobel=True, image_size=64,
         augmentation="mmselfsup", k=100, pca_dim=256, epochs=3, batch_size=64, lr=0.0125,
-        extract_batch_size=64, workers=1, threads=1, out="runs/mmselfsup-peer"),
+        extract_batch_size=64, workers=1, threads=1, precision="bf16-mixed",
+        out="runs/mmselfsup-peer"),
 }
 
 DEFAULT_PRESET = "fashion-mnist"
