@@ -85,7 +85,8 @@ def _check_choice(name: str, value: str, choices) -> None:
 
 PRESETS: dict[str, PretrainConfig] = {
     # The default: learns visibly on Fashion-MNIST within about ten minutes on a 2-core CPU.
-    "fashion-mnist": PretrainConfig(),
+    # bf16 convolutions: 1.5x faster on CPUs with AVX-512 BF16 (and on GPUs); 32-true elsewhere.
+    "fashion-mnist": PretrainConfig(precision="bf16-mixed"),
     # The MMSelfSup recipe (configs/selfsup/deepcluster, 8 GPUs x 64 images).
     "imagenet-resnet50-sobel": PretrainConfig(
         data="imagenet/train", arch="resnet50", sobel=True, image_size=224,
