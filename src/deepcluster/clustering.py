@@ -40,19 +40,28 @@ class ClusteringResult:
         return int((self.sizes == 0).sum())
 
 
-def check_cluster_params(num_samples: int, feature_dim: int, k: int, pca_dim: int) -> int:
-    """Validate k and return the PCA dimension to use (clamped, with a warning, when too large)."""
+def check_k(num_samples: int, k: int) -> None:
     if k < 2:
         raise ValueError(f"k={k}: DeepCluster needs at least 2 clusters")
     if k > num_samples:
         raise ValueError(f"k={k} clusters is more than the {num_samples} images to cluster; "
                          f"pass --k {num_samples} or fewer")
+
+
+def pca_dim_for(num_samples: int, feature_dim: int, pca_dim: int) -> int:
+    """The PCA dimension to use: ``pca_dim``, clamped with a warning to min(N, D)."""
     limit = min(num_samples, feature_dim)
     if pca_dim > limit:
         warnings.warn(f"PCA dimension {pca_dim} exceeds min(N={num_samples}, D={feature_dim}); "
                       f"using {limit}", stacklevel=2)
         return limit
     return pca_dim
+
+
+def check_cluster_params(num_samples: int, feature_dim: int, k: int, pca_dim: int) -> int:
+    """Validate k and return the PCA dimension to use (clamped, with a warning, when too large)."""
+    check_k(num_samples, k)
+    return pca_dim_for(num_samples, feature_dim, pca_dim)
 
 
 def pca_whiten(features: np.ndarray, dim: int) -> np.ndarray:
@@ -150,8 +159,17 @@ def cluster_features(features: np.ndarray, k: int, pca_dim: int = 256, iteration
     """PCA-whiten to ``pca_dim``, L2-normalise, and k-means into ``k`` clusters."""
     start = time.perf_counter()
     pca_dim = check_cluster_params(len(features), features.shape[1], k, pca_dim)
-    reduced = l2_normalise(pca_whiten(features, pca_dim))
-    assignments, centroids, inertia = kmeans(reduced, k, iterations, seed, backend)
+    result = cluster_whitened(pca_whiten(features, pca_dim), k, iterations, seed, backend)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def cluster_whitened(whitened: np.ndarray, k: int, iterations: int = 20, seed: int = 0,
+                     backend: str = "faiss") -> ClusteringResult:
+    """L2-normalise already PCA-whitened features and k-means them into ``k`` clusters."""
+    start = time.perf_counter()
+    check_k(len(whitened), k)
+    assignments, centroids, inertia = kmeans(l2_normalise(whitened), k, iterations, seed, backend)
     return ClusteringResult(assignments, centroids, inertia, time.perf_counter() - start)
 
 

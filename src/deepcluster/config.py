@@ -29,6 +29,7 @@ class PretrainConfig:
     augmentation: str = field(default="small", metadata={"help": "training augmentation: " + ", ".join(AUGMENTATIONS)})
     k: int = field(default=100, metadata={"help": "number of k-means clusters"})
     pca_dim: int = field(default=64, metadata={"help": "PCA-whitening dimension before k-means"})
+    streaming_pca: bool = field(default=True, metadata={"help": "fit the PCA batch by batch while extracting and spill the full features to a temporary file: N x pca_dim in memory, not N x D"})
     kmeans_iters: int = field(default=20, metadata={"help": "k-means iterations per clustering"})
     kmeans_backend: str = field(default="faiss", metadata={"help": "k-means implementation: " + ", ".join(KMEANS_BACKENDS)})
     epochs: int = field(default=6, metadata={"help": "training epochs (one clustering before the first and after each)"})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Callable
 
 import numpy as np
@@ -9,7 +11,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from .clustering import pca_dim_for
 from .models import FEATURE_NAMES, Backbone
+from .pca import StreamingPCA
 from .report import progress_bar
 
 # The benchmarks' pooling of each ResNet-50 stage at 224 px (MMSelfSup and VISSL agree):
@@ -86,6 +90,50 @@ def extract_global(backbone: Backbone, dataset: Dataset, batch_size: int = 256, 
     try:
         return extract(nn.Sequential(on_device, backbone), loader, device, desc="extract",
                        progress=progress)
+    finally:
+        backbone.train(was_training)
+
+
+@torch.inference_mode()
+def extract_whitened(backbone: Backbone, dataset: Dataset, pca_dim: int, batch_size: int = 256,
+                     workers: int = 0, device: torch.device | str = "cpu", progress: bool = True,
+                     batch_transform: nn.Module | None = None,
+                     spill_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """The backbone's global feature of every image, PCA-whitened to ``pca_dim`` (N x pca_dim,
+    float32), without the N x D matrix in memory.
+
+    One extraction pass fits a ``StreamingPCA`` and appends the full-width features to a temporary
+    file (in ``spill_dir``, default the system's temp folder); the file is then read back and
+    projected a chunk at a time. Peak memory: N x pca_dim + D x D + one chunk.
+    """
+    was_training = backbone.training
+    backbone.eval()
+    device = torch.device(device)
+    collate_fn, on_device = split_batch_transform(batch_transform or nn.Identity(), workers, device)
+    loader = make_loader(dataset, batch_size, workers, collate_fn=collate_fn)
+    fn = nn.Sequential(on_device, backbone)
+    pca = StreamingPCA(pca_dim)
+    width = 0
+    try:
+        with tempfile.TemporaryFile(dir=spill_dir) as spill:
+            for images, _ in progress_bar(loader, "extract", enabled=progress):
+                out = fn(images.to(device, non_blocking=True)).flatten(1).float()
+                pca.update(out)
+                width = out.shape[1]
+                spill.write(out.cpu().numpy().tobytes())
+            if pca.count == 0:
+                raise ValueError("cannot extract features of an empty dataset")
+            pca.all_reduce()
+            pca.dim = pca_dim_for(pca.count, width, pca_dim)
+            pca.fit()
+            spill.seek(0)
+            reduced = np.empty((pca.count, pca.dim), dtype=np.float32)
+            rows = max(1, (64 << 20) // (4 * width))  # read back 64 MiB at a time
+            for start in range(0, pca.count, rows):
+                chunk = np.fromfile(spill, dtype=np.float32, count=min(rows, pca.count - start) * width)
+                chunk = torch.from_numpy(chunk.reshape(-1, width)).to(pca.mean.device)
+                reduced[start:start + len(chunk)] = pca.transform(chunk).cpu().numpy()
+        return reduced
     finally:
         backbone.train(was_training)
 

@@ -30,10 +30,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import load_checkpoint, save_checkpoint, save_npy
-from .clustering import ClusteringResult, cluster_features, nmi
+from .clustering import ClusteringResult, check_k, cluster_features, cluster_whitened, nmi
 from .config import PretrainConfig
 from .data import ArrayImageDataset, load_dataset
-from .features import extract_global, split_batch_transform
+from .features import extract_global, extract_whitened, split_batch_transform
 from .models import DeepClusterModel, build_backbone, reset_head
 from .report import console, progress_bar
 from .sampler import UniformClusterSampler
@@ -41,7 +41,7 @@ from .transforms import ChannelsLast, extraction_pipeline, is_small, training_pi
 
 # Config fields that may change when a run is resumed; any other change is refused.
 RESUMABLE_CHANGES = {"epochs", "workers", "threads", "out", "accelerator", "devices",
-                     "extract_batch_size"}
+                     "extract_batch_size", "streaming_pca"}
 
 
 
@@ -110,16 +110,25 @@ def learning_rate(config: PretrainConfig, epoch: int) -> float:
 
 def cluster(fabric: Fabric, model: DeepClusterModel, data: TrainingData, config: PretrainConfig,
             seed: int) -> tuple[ClusteringResult, float]:
-    """Steps 1-3: extract, PCA-whiten, k-means. Returns the result and the extraction seconds."""
+    """Steps 1-3: extract, PCA-whiten, k-means. Returns the result and the extraction seconds
+    (with ``streaming_pca``, the PCA is fitted during extraction and counted in them)."""
+    check_k(len(data.eval_set), config.k)
+    options = dict(batch_size=config.extract_batch_size, workers=config.workers,
+                   device=fabric.device, progress=fabric.is_global_zero,
+                   batch_transform=data.eval_batch)
     start = time.perf_counter()
     with fabric.autocast():  # the training precision (bf16-mixed: bf16 convolutions) here too
-        features, _ = extract_global(model.backbone, data.eval_set, config.extract_batch_size,
-                                     config.workers, fabric.device,
-                                     progress=fabric.is_global_zero,
-                                     batch_transform=data.eval_batch)
+        if config.streaming_pca:
+            whitened = extract_whitened(model.backbone, data.eval_set, config.pca_dim, **options)
+        else:
+            features, _ = extract_global(model.backbone, data.eval_set, **options)
     extract_seconds = time.perf_counter() - start
-    result = cluster_features(features, config.k, config.pca_dim, config.kmeans_iters, seed,
-                              config.kmeans_backend)
+    if config.streaming_pca:
+        result = cluster_whitened(whitened, config.k, config.kmeans_iters, seed,
+                                  config.kmeans_backend)
+    else:
+        result = cluster_features(features, config.k, config.pca_dim, config.kmeans_iters, seed,
+                                  config.kmeans_backend)
     return result, extract_seconds
 
 

@@ -1,0 +1,71 @@
+"""PCA whitening fitted batch by batch, for features too large to hold at full width.
+
+``StreamingPCA`` accumulates the count, the sum and the sum of outer products of the features in
+float64 while they are extracted (on the features' device, all-reduced across processes), then
+takes the eigendecomposition of the covariance once. It gives what scikit-learn's
+``PCA(whiten=True)`` gives on the stacked features (the same components up to their sign, the
+variances with N - 1 degrees of freedom), without ever holding the N x D matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+class StreamingPCA:
+    """Fit with ``update`` on each batch (then ``all_reduce`` under torch.distributed), then
+    ``fit``; ``transform`` projects onto the top ``dim`` components, whitened to unit variance."""
+
+    def __init__(self, dim: int):
+        if dim < 1:
+            raise ValueError(f"PCA dimension must be positive, got {dim}")
+        self.dim = dim
+        self.count = 0
+        self.sum: torch.Tensor | None = None
+        self.outer: torch.Tensor | None = None
+        self.mean: torch.Tensor | None = None
+        self.components: torch.Tensor | None = None  # (D, dim), columns by decreasing variance
+        self.variances: torch.Tensor | None = None  # (dim,)
+
+    def update(self, batch: torch.Tensor) -> None:
+        """Add a (B, D) batch of features to the statistics."""
+        batch = batch.detach().to(torch.float64)
+        if self.sum is None:
+            width = batch.shape[1]
+            self.sum = torch.zeros(width, dtype=torch.float64, device=batch.device)
+            self.outer = torch.zeros(width, width, dtype=torch.float64, device=batch.device)
+        self.count += len(batch)
+        self.sum += batch.sum(dim=0)
+        self.outer.addmm_(batch.T, batch)
+
+    def all_reduce(self) -> None:
+        """Sum the statistics of every process (each saw its own shard of the data)."""
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return
+        count = torch.tensor([float(self.count)], dtype=torch.float64, device=self.sum.device)
+        for tensor in (count, self.sum, self.outer):
+            dist.all_reduce(tensor)
+        self.count = int(count.item())
+
+    def fit(self) -> "StreamingPCA":
+        if self.sum is None or self.count < 2:
+            raise ValueError("StreamingPCA needs at least 2 samples before fit()")
+        width = self.sum.shape[0]
+        if self.dim > min(self.count, width):
+            raise ValueError(f"PCA dimension {self.dim} exceeds min(N={self.count}, D={width})")
+        mean = self.sum / self.count
+        covariance = (self.outer - self.count * torch.outer(mean, mean)) / (self.count - 1)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending order
+        top = torch.arange(width - 1, width - 1 - self.dim, -1, device=mean.device)
+        self.mean = mean
+        self.components = eigenvectors[:, top]
+        self.variances = eigenvalues[top].clamp_min(torch.finfo(torch.float64).eps)
+        return self
+
+    def transform(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, D) features -> (B, dim) whitened projections, float32."""
+        if self.components is None:
+            raise RuntimeError("call fit() before transform()")
+        projected = (features.to(torch.float64) - self.mean) @ self.components
+        return (projected / self.variances.sqrt()).to(torch.float32)
