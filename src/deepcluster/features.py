@@ -128,7 +128,7 @@ def extract_whitened(backbone: Backbone, dataset: Dataset, pca_dim: int, batch_s
             pca.fit()
             spill.seek(0)
             reduced = np.empty((pca.count, pca.dim), dtype=np.float32)
-            rows = max(1, (64 << 20) // (4 * width))  # read back 64 MiB at a time
+            rows = max(1, (16 << 20) // (4 * width))  # read back 16 MiB at a time
             for start in range(0, pca.count, rows):
                 chunk = np.fromfile(spill, dtype=np.float32, count=min(rows, pca.count - start) * width)
                 chunk = torch.from_numpy(chunk.reshape(-1, width)).to(pca.mean.device)

@@ -61,11 +61,13 @@ class StreamingPCA:
         self.mean = mean
         self.components = eigenvectors[:, top]
         self.variances = eigenvalues[top].clamp_min(torch.finfo(torch.float64).eps)
+        # Fitted in float64, applied in float32 (no float64 copy of each chunk).
+        self._mean32 = mean.to(torch.float32)
+        self._projection = (self.components / self.variances.sqrt()).to(torch.float32)
         return self
 
     def transform(self, features: torch.Tensor) -> torch.Tensor:
         """(B, D) features -> (B, dim) whitened projections, float32."""
         if self.components is None:
             raise RuntimeError("call fit() before transform()")
-        projected = (features.to(torch.float64) - self.mean) @ self.components
-        return (projected / self.variances.sqrt()).to(torch.float32)
+        return (features.to(torch.float32) - self._mean32) @ self._projection
