@@ -70,3 +70,18 @@ def test_spilled_extraction_clamps_the_dimension(fashion_train):
                                     progress=False, batch_transform=pipeline.batch)
     assert whitened.shape == (20, 20)
     assert any("exceeds min(N=20" in str(w.message) for w in caught)
+
+
+def test_spilled_extraction_under_bf16_autocast(fashion_train):
+    # The training loop extracts under the training precision; the PCA itself stays in float32/64.
+    pipeline = extraction_pipeline(28, in_memory=True)
+    dataset = fashion_train.subset(300).with_transform(pipeline.sample)
+    torch.manual_seed(0)
+    backbone = build_backbone("small-cnn", sobel=True)
+    options = dict(batch_size=100, progress=False, batch_transform=pipeline.batch)
+    full = extract_whitened(backbone, dataset, 16, **options)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = extract_whitened(backbone, dataset, 16, **options)
+    assert mixed.dtype == np.float32 and mixed.shape == (300, 16)
+    # bf16 features differ from fp32 ones, but the leading components must agree closely
+    _columns_equal_up_to_sign(mixed[:, :4], full[:, :4], atol=0.15)

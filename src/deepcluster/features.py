@@ -113,26 +113,31 @@ def extract_whitened(backbone: Backbone, dataset: Dataset, pca_dim: int, batch_s
     loader = make_loader(dataset, batch_size, workers, collate_fn=collate_fn)
     fn = nn.Sequential(on_device, backbone)
     pca = StreamingPCA(pca_dim)
+    # Under a bf16/fp16 autocast (the training precision) only the network runs in it.
+    full_precision = torch.autocast(device.type, enabled=False)
     width = 0
     try:
         with tempfile.TemporaryFile(dir=spill_dir) as spill:
             for images, _ in progress_bar(loader, "extract", enabled=progress):
                 out = fn(images.to(device, non_blocking=True)).flatten(1).float()
-                pca.update(out)
+                with full_precision:
+                    pca.update(out)
                 width = out.shape[1]
                 spill.write(out.cpu().numpy().tobytes())
             if pca.count == 0:
                 raise ValueError("cannot extract features of an empty dataset")
             pca.all_reduce()
             pca.dim = pca_dim_for(pca.count, width, pca_dim)
-            pca.fit()
+            with full_precision:
+                pca.fit()
             spill.seek(0)
             reduced = np.empty((pca.count, pca.dim), dtype=np.float32)
             rows = max(1, (16 << 20) // (4 * width))  # read back 16 MiB at a time
             for start in range(0, pca.count, rows):
                 chunk = np.fromfile(spill, dtype=np.float32, count=min(rows, pca.count - start) * width)
                 chunk = torch.from_numpy(chunk.reshape(-1, width)).to(pca.mean.device)
-                reduced[start:start + len(chunk)] = pca.transform(chunk).cpu().numpy()
+                with full_precision:
+                    reduced[start:start + len(chunk)] = pca.transform(chunk).cpu().numpy()
         return reduced
     finally:
         backbone.train(was_training)
