@@ -85,3 +85,23 @@ def test_spilled_extraction_under_bf16_autocast(fashion_train):
     assert mixed.dtype == np.float32 and mixed.shape == (300, 16)
     # bf16 features differ from fp32 ones, but the leading components must agree closely
     _columns_equal_up_to_sign(mixed[:, :4], full[:, :4], atol=0.15)
+
+
+def test_shards_with_different_shifts_combine_exactly():
+    # What all_reduce does across processes: each shard's statistics, re-expressed relative to
+    # one shift and summed, equal the statistics of the whole data.
+    features = torch.from_numpy(load_digits().data.astype(np.float32))
+    whole, first, second = StreamingPCA(8), StreamingPCA(8), StreamingPCA(8)
+    whole.update(features)
+    first.update(features[:900])
+    second.update(features[900:] + 0)  # a different first batch, so a different shift
+    second.reshift(first.shift)
+    first.count += second.count
+    first.sum += second.sum
+    first.outer += second.outer
+    whole.reshift(first.shift)
+    # (float32 products summed in float64: agreement to float32 precision)
+    torch.testing.assert_close(first.sum, whole.sum, rtol=1e-5, atol=1e-2)
+    torch.testing.assert_close(first.outer, whole.outer, rtol=1e-5, atol=1.0)
+    np.testing.assert_allclose(first.fit().transform(features).numpy(),
+                               whole.fit().transform(features).numpy(), atol=1e-3)

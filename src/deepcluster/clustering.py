@@ -99,10 +99,11 @@ def kmeans(x: np.ndarray, k: int, iterations: int = 20, seed: int = 0,
 
 def _nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest centroid and squared distance of every row, by matrix products in chunks."""
-    centroid_norms = (centroids * centroids).sum(dim=1)
+    centroid_norms = (centroids * centroids).sum(dim=1).unsqueeze(0)
     ids, distances = [], []
     for part in x.split(chunk):
-        scores = centroid_norms - 2.0 * part @ centroids.T  # ||x - c||^2 without the ||x||^2 term
+        # ||x - c||^2 without the ||x||^2 term, in one fused product: ||c||^2 - 2 x.c
+        scores = torch.addmm(centroid_norms, part, centroids.T, alpha=-2.0)
         best, index = scores.min(dim=1)
         ids.append(index)
         distances.append((best + (part * part).sum(dim=1)).clamp_min_(0.0))
@@ -124,7 +125,7 @@ def _split_largest(centroids: torch.Tensor, counts: torch.Tensor) -> None:
 
 
 def torch_kmeans(x: torch.Tensor, k: int, iterations: int = 20, seed: int = 0,
-                 chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor, float]:
+                 chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Lloyd's k-means in torch on ``x``'s device; returns (assignments, centroids, inertia).
 
     Under torch.distributed each process passes its own shard of the points: the initial
@@ -132,6 +133,7 @@ def torch_kmeans(x: torch.Tensor, k: int, iterations: int = 20, seed: int = 0,
     iteration, so every process ends with the same centroids.
     """
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    chunk = chunk or max(1024, (1 << 24) // k)  # 64 MiB of float32 scores per chunk
     generator = torch.Generator().manual_seed(seed)
     init = torch.randperm(len(x), generator=generator)[:k].to(x.device)
     centroids = x[init].clone()

@@ -22,6 +22,7 @@ class StreamingPCA:
             raise ValueError(f"PCA dimension must be positive, got {dim}")
         self.dim = dim
         self.count = 0
+        self.shift: torch.Tensor | None = None
         self.sum: torch.Tensor | None = None
         self.outer: torch.Tensor | None = None
         self.mean: torch.Tensor | None = None
@@ -30,23 +31,38 @@ class StreamingPCA:
 
     def update(self, batch: torch.Tensor) -> None:
         """Add a (B, D) batch of features to the statistics."""
-        batch = batch.detach().to(torch.float64)
+        batch = batch.detach().to(torch.float32)
         if self.sum is None:
             width = batch.shape[1]
+            # Statistics of x - shift, with the first batch's mean as the shift: the products are
+            # then well conditioned in float32 (twice as fast as float64), summed in float64.
+            self.shift = batch.mean(dim=0)
             self.sum = torch.zeros(width, dtype=torch.float64, device=batch.device)
             self.outer = torch.zeros(width, width, dtype=torch.float64, device=batch.device)
+        centred = batch - self.shift
         self.count += len(batch)
-        self.sum += batch.sum(dim=0)
-        self.outer.addmm_(batch.T, batch)
+        self.sum += centred.sum(dim=0, dtype=torch.float64)
+        self.outer += centred.T @ centred
 
     def all_reduce(self) -> None:
         """Sum the statistics of every process (each saw its own shard of the data)."""
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return
+        shift = self.shift.clone()
+        dist.broadcast(shift, src=0)  # every process's statistics relative to rank 0's shift
+        self.reshift(shift)
         count = torch.tensor([float(self.count)], dtype=torch.float64, device=self.sum.device)
         for tensor in (count, self.sum, self.outer):
             dist.all_reduce(tensor)
         self.count = int(count.item())
+
+    def reshift(self, shift: torch.Tensor) -> None:
+        """Express the statistics relative to another shift (x - s' = (x - s) + d, d = s - s')."""
+        d = (self.shift - shift).to(torch.float64)
+        self.outer += (torch.outer(self.sum, d) + torch.outer(d, self.sum)
+                       + self.count * torch.outer(d, d))
+        self.sum += self.count * d
+        self.shift = shift.to(self.shift.dtype)
 
     def fit(self) -> "StreamingPCA":
         if self.sum is None or self.count < 2:
@@ -54,8 +70,10 @@ class StreamingPCA:
         width = self.sum.shape[0]
         if self.dim > min(self.count, width):
             raise ValueError(f"PCA dimension {self.dim} exceeds min(N={self.count}, D={width})")
-        mean = self.sum / self.count
-        covariance = (self.outer - self.count * torch.outer(mean, mean)) / (self.count - 1)
+        shifted_mean = self.sum / self.count
+        covariance = ((self.outer - self.count * torch.outer(shifted_mean, shifted_mean))
+                      / (self.count - 1))
+        mean = shifted_mean + self.shift.to(torch.float64)
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending order
         top = torch.arange(width - 1, width - 1 - self.dim, -1, device=mean.device)
         self.mean = mean
