@@ -94,7 +94,7 @@ def test_shards_with_different_shifts_combine_exactly():
     whole, first, second = StreamingPCA(8), StreamingPCA(8), StreamingPCA(8)
     whole.update(features)
     first.update(features[:900])
-    second.update(features[900:] + 0)  # a different first batch, so a different shift
+    second.update(features[900:])  # another first batch, so another shift
     second.reshift(first.shift)
     first.count += second.count
     first.sum += second.sum
