@@ -1,0 +1,114 @@
+"""Epoch overhead: a real pretraining epoch against the pure model work it contains.
+
+Runs ``deepcluster pretrain`` (default preset unless told otherwise) for one epoch on a subset,
+then times, on the same machine in the same process, the pure training step (forward, backward,
+SGD on batches already in memory, augmentation excluded) and the pure extraction forward pass
+for the same number of images. Overhead ratio = loop time / (pure train + pure extraction);
+the scaling issue's target is at most 1.15. Prints a table and writes JSON.
+
+    python bench/epoch_breakdown.py                      # default preset, 20k images
+    python bench/epoch_breakdown.py --preset mmselfsup-peer --subset 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from deepcluster.config import get_preset
+from deepcluster.models import DeepClusterModel, build_backbone
+from deepcluster.pretrain import pretrain
+
+
+def pure_rates(config, images: int) -> dict[str, float]:
+    """Seconds for the pure train steps and extraction passes over ``images`` images."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(0)
+    model = DeepClusterModel(build_backbone(config.arch, config.sobel), config.k)
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(config.precision)
+    autocast = lambda: torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)  # noqa: E731
+    size = config.image_size
+
+    def batch(count: int) -> torch.Tensor:
+        return torch.randn(count, 3, size, size).contiguous(memory_format=layout)
+
+    x, y = batch(config.batch_size), torch.randint(0, config.k, (config.batch_size,))
+    model.train()
+    steps = -(-images // config.batch_size)
+    for _ in range(2):  # warm-up
+        with autocast():
+            loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        with autocast():
+            loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    train = time.perf_counter() - start
+
+    model.eval()
+    xe = batch(config.extract_batch_size)
+    passes = -(-images // config.extract_batch_size)
+    with torch.inference_mode(), autocast():
+        model.backbone(xe)
+        start = time.perf_counter()
+        for _ in range(passes):
+            model.backbone(xe)
+    return {"train_s": train, "extract_s": time.perf_counter() - start}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="fashion-mnist")
+    parser.add_argument("--subset", type=int, default=20000)
+    parser.add_argument("--out", default="bench/results/epoch_breakdown.json")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = get_preset(args.preset).override(subset=args.subset, epochs=1, out=tmp)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            history = pretrain(config, progress=False).history
+    epoch = history[-1]  # training pass of epoch 1 and the clustering after it
+    loop = {"train_s": epoch["train_s"], "extract_s": epoch["extract_s"],
+            "cluster_s": epoch["cluster_s"]}
+    loop["total_s"] = sum(loop.values())
+    pure = pure_rates(config, args.subset)
+    pure["total_s"] = pure["train_s"] + pure["extract_s"]
+    ratio = loop["total_s"] / pure["total_s"]
+
+    table = Table(title=f"one epoch, {args.preset}, {args.subset} images")
+    for column in ("part", "in the loop (s)", "pure model work (s)", "ratio"):
+        table.add_column(column, justify="right")
+    for part in ("train_s", "extract_s"):
+        table.add_row(part[:-2], f"{loop[part]:.1f}", f"{pure[part]:.1f}",
+                      f"{loop[part] / pure[part]:.2f}")
+    table.add_row("PCA + k-means", f"{loop['cluster_s']:.1f}", "-", "-")
+    table.add_row("epoch", f"{loop['total_s']:.1f}", f"{pure['total_s']:.1f}", f"{ratio:.2f}")
+    Console().print(table)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"preset": args.preset, "subset": args.subset,
+                                          "loop": loop, "pure": pure, "overhead": ratio},
+                                         indent=2))
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()
