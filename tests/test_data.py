@@ -133,3 +133,24 @@ def test_batched_pipelines_match_the_per_image_transforms(fashion_train):
     first = augment.batch(torch.stack([augment.sample(image) for image in images]))
     second = augment.batch(torch.stack([augment.sample(image) for image in images]))
     assert first.shape == (6, 3, 32, 32) and not torch.equal(first, second)
+
+
+def test_in_memory_batches_are_fetched_whole_and_equal_per_image_ones(fashion_train):
+    from torch.utils.data import DataLoader
+
+    from deepcluster.pretrain import PseudoLabelled
+    from deepcluster.transforms import extraction_pipeline
+
+    dataset = fashion_train.subset(300).with_transform(extraction_pipeline(28, True).sample)
+    indices = [5, 0, 299, 17]
+    batched = dataset.__getitems__(indices)
+    per_image = [dataset[i] for i in indices]
+    for (image, label), (expected, expected_label) in zip(batched, per_image):
+        assert image.dtype == torch.uint8 and image.shape == (1, 28, 28)
+        assert torch.equal(image, expected) and label == expected_label
+    # through the DataLoader and the pseudo-label wrapper of the training loop
+    assignments = np.arange(300) % 7
+    loader = DataLoader(PseudoLabelled(dataset, assignments), batch_size=64, shuffle=False)
+    images, labels = next(iter(loader))
+    assert torch.equal(images, torch.stack([dataset[i][0] for i in range(64)]))
+    assert labels.tolist() == (np.arange(64) % 7).tolist()

@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as F
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -70,6 +72,14 @@ class ImageDataset(Dataset):
         raise NotImplementedError
 
 
+class Uint8Tensor:
+    """The per-image transform of the batched pipelines: the image as a uint8 (C, H, W) tensor.
+    In-memory datasets recognise it and fetch a whole batch from their array at once."""
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return F.to_image(image)
+
+
 # ----------------------------------------------------------------------------------------------
 # In-memory datasets (IDX, digits)
 
@@ -99,6 +109,15 @@ class ArrayImageDataset(ImageDataset):
             image = self.transform(image)
         label = -1 if self.targets is None else int(self.targets[index])
         return image, label
+
+    def __getitems__(self, indices: list[int]) -> list[tuple]:
+        """A batch at once (the DataLoader calls this): with the ``Uint8Tensor`` transform, one
+        slice of the array instead of a PIL image and a tensor per image."""
+        if not isinstance(self.transform, Uint8Tensor):
+            return [self[index] for index in indices]
+        images = torch.from_numpy(self.images[indices]).unsqueeze(1)  # (B, 1, H, W) uint8
+        labels = [-1] * len(indices) if self.targets is None else self.targets[indices].tolist()
+        return list(zip(images.unbind(0), labels))
 
     def _keep(self, index) -> None:
         self.images = self.images[index]

@@ -66,6 +66,11 @@ class PseudoLabelled(Dataset):
         image, _ = self.images[index]
         return image, int(self.assignments[index])
 
+    def __getitems__(self, indices: list[int]) -> list[tuple]:
+        fetch = getattr(self.images, "__getitems__", None)
+        samples = fetch(indices) if fetch else [self.images[i] for i in indices]
+        return [(image, int(self.assignments[i])) for (image, _), i in zip(samples, indices)]
+
 
 @dataclass
 class TrainingData:

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from .data import Uint8Tensor
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Small grey datasets are centred at mid-grey rather than with ImageNet statistics.
@@ -137,7 +139,7 @@ def _batch_augmentation(name: str, image_size: int) -> list[nn.Module]:
 
 
 def _uint8_tensor() -> Callable:
-    return v2.ToImage()
+    return Uint8Tensor()  # in-memory datasets fetch whole batches with this transform
 
 
 def training_pipeline(name: str, image_size: int, in_memory: bool) -> Pipeline:
