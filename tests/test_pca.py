@@ -51,7 +51,6 @@ def test_spilled_extraction_clusters_like_the_in_memory_one(tmp_path, fashion_tr
     whitened = extract_whitened(backbone, dataset, 32, batch_size=128, progress=False,
                                 batch_transform=pipeline.batch, spill_dir=tmp_path)
     assert whitened.shape == (600, 32) and whitened.dtype == np.float32
-    assert not list(tmp_path.iterdir())  # the spill file is gone
     features, _ = extract_global(backbone, dataset, 128, progress=False,
                                  batch_transform=pipeline.batch)
     # float64 statistics here, float32 in scikit-learn: the weakest components differ by ~1e-3

@@ -38,8 +38,6 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
                          "Sneaker", "Bag", "Ankle boot")
 
 SPLITS = ("train", "test")
-# ``--data PREFIX:ROOT`` reads the official layouts of the benchmark datasets (see readers.py).
-OFFICIAL_LAYOUTS = ("imagenet", "places205", "inat2018")
 
 
 class DataError(ValueError):
@@ -359,9 +357,9 @@ def load_dataset(value: str, split: str = "train", skip_unreadable: bool = False
     if value.startswith("idx:"):
         return load_idx_folder(Path(value[4:]), split, value)
 
-    if value.split(":", 1)[0] in OFFICIAL_LAYOUTS:
-        from .readers import load_benchmark_dataset  # imported here: readers builds on this module
+    from .readers import READERS, load_benchmark_dataset  # here: readers builds on this module
 
+    if value.split(":", 1)[0] + ":" in READERS:
         dataset = load_benchmark_dataset(value, split)
     else:
         dataset = _path_dataset(value, split)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
@@ -55,6 +56,13 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, **kwargs) -> Da
                       persistent_workers=False, pin_memory=torch.cuda.is_available(), **kwargs)
 
 
+def _outputs(fn: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, device: torch.device,
+             desc: str, progress: bool):
+    """``(fn(batch) as float (B, D), targets)`` for every batch, in dataset order."""
+    for images, targets in progress_bar(loader, desc, enabled=progress):
+        yield fn(images.to(device, non_blocking=True)).flatten(1).float(), targets
+
+
 @torch.inference_mode()
 def extract(fn: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, device: torch.device,
             desc: str = "extract", progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -63,16 +71,35 @@ def extract(fn: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, devi
     features: np.ndarray | None = None
     labels = np.empty(num, dtype=np.int64)
     start = 0
-    for images, targets in progress_bar(loader, desc, enabled=progress):
-        out = fn(images.to(device, non_blocking=True)).flatten(1).float().cpu().numpy()
+    for out, targets in _outputs(fn, loader, device, desc, progress):
         if features is None:
             features = np.empty((num, out.shape[1]), dtype=np.float32)
-        features[start:start + len(out)] = out
+        features[start:start + len(out)] = out.cpu().numpy()
         labels[start:start + len(out)] = targets.numpy()
         start += len(out)
     if features is None:
         raise ValueError("cannot extract features of an empty dataset")
     return features, labels
+
+
+@contextmanager
+def _eval_mode(module: nn.Module):
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def _global_pass(backbone: Backbone, dataset: Dataset, batch_size: int, workers: int,
+                 device: torch.device, batch_transform: nn.Module | None
+                 ) -> tuple[nn.Module, DataLoader]:
+    """The function and loader of a pass with the backbone's global feature; the batch transform
+    runs in the loader workers (CPU) or on the device (``split_batch_transform``)."""
+    collate_fn, on_device = split_batch_transform(batch_transform or nn.Identity(), workers, device)
+    loader = make_loader(dataset, batch_size, workers, collate_fn=collate_fn)
+    return nn.Sequential(on_device, backbone), loader
 
 
 def extract_global(backbone: Backbone, dataset: Dataset, batch_size: int = 256, workers: int = 0,
@@ -82,16 +109,10 @@ def extract_global(backbone: Backbone, dataset: Dataset, batch_size: int = 256, 
 
     ``batch_transform`` runs on each batch before the backbone (the batched extraction pipeline).
     """
-    was_training = backbone.training
-    backbone.eval()
     device = torch.device(device)
-    collate_fn, on_device = split_batch_transform(batch_transform or nn.Identity(), workers, device)
-    loader = make_loader(dataset, batch_size, workers, collate_fn=collate_fn)
-    try:
-        return extract(nn.Sequential(on_device, backbone), loader, device, desc="extract",
-                       progress=progress)
-    finally:
-        backbone.train(was_training)
+    fn, loader = _global_pass(backbone, dataset, batch_size, workers, device, batch_transform)
+    with _eval_mode(backbone):
+        return extract(fn, loader, device, progress=progress)
 
 
 @torch.inference_mode()
@@ -106,41 +127,33 @@ def extract_whitened(backbone: Backbone, dataset: Dataset, pca_dim: int, batch_s
     file (in ``spill_dir``, default the system's temp folder); the file is then read back and
     projected a chunk at a time. Peak memory: N x pca_dim + D x D + one chunk.
     """
-    was_training = backbone.training
-    backbone.eval()
     device = torch.device(device)
-    collate_fn, on_device = split_batch_transform(batch_transform or nn.Identity(), workers, device)
-    loader = make_loader(dataset, batch_size, workers, collate_fn=collate_fn)
-    fn = nn.Sequential(on_device, backbone)
+    fn, loader = _global_pass(backbone, dataset, batch_size, workers, device, batch_transform)
     pca = StreamingPCA(pca_dim)
     # Under a bf16/fp16 autocast (the training precision) only the network runs in it.
     full_precision = torch.autocast(device.type, enabled=False)
     width = 0
-    try:
-        with tempfile.TemporaryFile(dir=spill_dir) as spill:
-            for images, _ in progress_bar(loader, "extract", enabled=progress):
-                out = fn(images.to(device, non_blocking=True)).flatten(1).float()
-                with full_precision:
-                    pca.update(out)
-                width = out.shape[1]
-                spill.write(out.cpu().numpy().tobytes())
-            if pca.count == 0:
-                raise ValueError("cannot extract features of an empty dataset")
-            pca.all_reduce()
-            pca.dim = pca_dim_for(pca.count, width, pca_dim)
+    with _eval_mode(backbone), tempfile.TemporaryFile(dir=spill_dir) as spill:
+        for out, _ in _outputs(fn, loader, device, "extract", progress):
             with full_precision:
-                pca.fit()
-            spill.seek(0)
-            reduced = np.empty((pca.count, pca.dim), dtype=np.float32)
-            rows = max(1, (16 << 20) // (4 * width))  # read back 16 MiB at a time
-            for start in range(0, pca.count, rows):
-                chunk = np.fromfile(spill, dtype=np.float32, count=min(rows, pca.count - start) * width)
-                chunk = torch.from_numpy(chunk.reshape(-1, width)).to(pca.mean.device)
-                with full_precision:
-                    reduced[start:start + len(chunk)] = pca.transform(chunk).cpu().numpy()
-        return reduced
-    finally:
-        backbone.train(was_training)
+                pca.update(out)
+            width = out.shape[1]
+            spill.write(out.cpu().numpy().tobytes())
+        if pca.count == 0:
+            raise ValueError("cannot extract features of an empty dataset")
+        pca.all_reduce()
+        pca.dim = pca_dim_for(pca.count, width, pca_dim)
+        with full_precision:
+            pca.fit()
+        spill.seek(0)
+        reduced = np.empty((pca.count, pca.dim), dtype=np.float32)
+        rows = max(1, (16 << 20) // (4 * width))  # read back 16 MiB at a time
+        for start in range(0, pca.count, rows):
+            chunk = np.fromfile(spill, dtype=np.float32, count=min(rows, pca.count - start) * width)
+            chunk = torch.from_numpy(chunk.reshape(-1, width)).to(pca.mean.device)
+            with full_precision:
+                reduced[start:start + len(chunk)] = pca.transform(chunk).cpu().numpy()
+    return reduced
 
 
 def pooled_map(backbone: Backbone, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -1,8 +1,9 @@
 """PCA whitening fitted batch by batch, for features too large to hold at full width.
 
-``StreamingPCA`` accumulates the count, the sum and the sum of outer products of the features in
-float64 while they are extracted (on the features' device, all-reduced across processes), then
-takes the eigendecomposition of the covariance once. It gives what scikit-learn's
+``StreamingPCA`` accumulates the count, the sum and the sum of outer products of the features
+while they are extracted (products of shifted features in float32, summed in float64, on the
+features' device, all-reduced across processes), then takes the eigendecomposition of the
+covariance once. It gives what scikit-learn's
 ``PCA(whiten=True)`` gives on the stacked features (the same components up to their sign, the
 variances with N - 1 degrees of freedom), without ever holding the N x D matrix.
 """

@@ -128,13 +128,11 @@ def cluster(fabric: Fabric, model: DeepClusterModel, data: TrainingData, config:
         else:
             features, _ = extract_global(model.backbone, data.eval_set, **options)
     extract_seconds = time.perf_counter() - start
-    if config.streaming_pca:
-        result = cluster_whitened(whitened, config.k, config.kmeans_iters, seed,
-                                  config.kmeans_backend)
-    else:
-        result = cluster_features(features, config.k, config.pca_dim, config.kmeans_iters, seed,
-                                  config.kmeans_backend)
-    return result, extract_seconds
+    if not config.streaming_pca:
+        return cluster_features(features, config.k, config.pca_dim, config.kmeans_iters, seed,
+                                config.kmeans_backend), extract_seconds
+    return cluster_whitened(whitened, config.k, config.kmeans_iters, seed,
+                            config.kmeans_backend), extract_seconds
 
 
 def train_one_epoch(fabric: Fabric, model: nn.Module, optimizer: torch.optim.Optimizer,
