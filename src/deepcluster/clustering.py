@@ -75,14 +75,17 @@ def l2_normalise(x: np.ndarray, eps: float = 1e-10) -> np.ndarray:
 
 
 def kmeans(x: np.ndarray, k: int, iterations: int = 20, seed: int = 0,
-           backend: str = "faiss") -> tuple[np.ndarray, np.ndarray, float]:
+           backend: str = "faiss", distributed: bool | None = None
+           ) -> tuple[np.ndarray, np.ndarray, float]:
     """k-means on all points; returns (assignments, centroids, inertia).
 
-    Each point is assigned to its nearest final centroid.
+    Each point is assigned to its nearest final centroid. ``distributed`` is passed to
+    ``torch_kmeans`` (False: cluster ``x`` alone even under torch.distributed).
     """
     if backend == "torch":
         assignments, centroids, inertia = torch_kmeans(torch.from_numpy(np.asarray(x, np.float32)),
-                                                       k, iterations, seed)
+                                                       k, iterations, seed,
+                                                       distributed=distributed)
         return assignments.numpy(), centroids.numpy(), inertia
     if backend != "faiss":
         raise ValueError(f"k-means backend {backend!r} is not one of {', '.join(KMEANS_BACKENDS)}")
@@ -124,21 +127,46 @@ def _split_largest(centroids: torch.Tensor, counts: torch.Tensor) -> None:
         counts[largest] -= counts[empty]
 
 
+def _initial_centroids(x: torch.Tensor, k: int, generator: torch.Generator,
+                       distributed: bool) -> torch.Tensor:
+    """k distinct points drawn with ``generator``. Under torch.distributed the draw is over the
+    concatenation of every process's shard (in rank order), each process fills in the points it
+    holds and a sum all-reduce completes them: the same centroids as one process drawing from the
+    concatenated data (and not only from rank 0's shard, which may hold only some classes when
+    the dataset is sorted by class)."""
+    if not distributed:
+        init = torch.randperm(len(x), generator=generator)[:k].to(x.device)
+        return x[init].clone()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    sizes = [torch.zeros(1, dtype=torch.int64, device=x.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([len(x)], dtype=torch.int64, device=x.device))
+    sizes = [int(size.item()) for size in sizes]
+    offset = sum(sizes[:rank])
+    init = torch.randperm(sum(sizes), generator=generator)[:k]
+    mine = (init >= offset) & (init < offset + len(x))
+    centroids = torch.zeros(len(init), x.shape[1], dtype=x.dtype, device=x.device)
+    centroids[mine.to(x.device)] = x[(init[mine] - offset).to(x.device)]
+    dist.all_reduce(centroids)  # exactly one process holds each row; the others add zeros
+    return centroids
+
+
 def torch_kmeans(x: torch.Tensor, k: int, iterations: int = 20, seed: int = 0,
-                 chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+                 chunk: int | None = None, distributed: bool | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Lloyd's k-means in torch on ``x``'s device; returns (assignments, centroids, inertia).
 
-    Under torch.distributed each process passes its own shard of the points: the initial
-    centroids come from rank 0's shard, and the per-cluster sums and counts are all-reduced every
-    iteration, so every process ends with the same centroids.
+    Under torch.distributed (``distributed`` None: whenever it is initialised with several
+    processes) each process passes its own shard of the points and gets the assignments of its
+    own points: the initial centroids are drawn from all the shards as one process would draw
+    them from their concatenation, and the per-cluster sums and counts are all-reduced every
+    iteration, so every process ends with the same centroids. The collectives need ``x`` on the
+    backend's device (the GPU under NCCL).
     """
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if distributed is None:
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     chunk = chunk or max(1024, (1 << 24) // k)  # 64 MiB of float32 scores per chunk
     generator = torch.Generator().manual_seed(seed)
-    init = torch.randperm(len(x), generator=generator)[:k].to(x.device)
-    centroids = x[init].clone()
-    if distributed:
-        dist.broadcast(centroids, src=0)
+    centroids = _initial_centroids(x, k, generator, distributed)
     for _ in range(iterations):
         assignments, _ = _nearest(x, centroids, chunk)
         sums = torch.zeros_like(centroids).index_add_(0, assignments, x)
@@ -157,21 +185,26 @@ def torch_kmeans(x: torch.Tensor, k: int, iterations: int = 20, seed: int = 0,
 
 
 def cluster_features(features: np.ndarray, k: int, pca_dim: int = 256, iterations: int = 20,
-                     seed: int = 0, backend: str = "faiss") -> ClusteringResult:
-    """PCA-whiten to ``pca_dim``, L2-normalise, and k-means into ``k`` clusters."""
+                     seed: int = 0, backend: str = "faiss",
+                     distributed: bool | None = None) -> ClusteringResult:
+    """PCA-whiten to ``pca_dim``, L2-normalise, and k-means into ``k`` clusters (``distributed``:
+    see ``kmeans``)."""
     start = time.perf_counter()
     pca_dim = check_cluster_params(len(features), features.shape[1], k, pca_dim)
-    result = cluster_whitened(pca_whiten(features, pca_dim), k, iterations, seed, backend)
+    result = cluster_whitened(pca_whiten(features, pca_dim), k, iterations, seed, backend,
+                              distributed)
     result.seconds = time.perf_counter() - start
     return result
 
 
 def cluster_whitened(whitened: np.ndarray, k: int, iterations: int = 20, seed: int = 0,
-                     backend: str = "faiss") -> ClusteringResult:
-    """L2-normalise already PCA-whitened features and k-means them into ``k`` clusters."""
+                     backend: str = "faiss", distributed: bool | None = None) -> ClusteringResult:
+    """L2-normalise already PCA-whitened features and k-means them into ``k`` clusters
+    (``distributed``: see ``kmeans``)."""
     start = time.perf_counter()
     check_k(len(whitened), k)
-    assignments, centroids, inertia = kmeans(l2_normalise(whitened), k, iterations, seed, backend)
+    assignments, centroids, inertia = kmeans(l2_normalise(whitened), k, iterations, seed, backend,
+                                             distributed)
     return ClusteringResult(assignments, centroids, inertia, time.perf_counter() - start)
 
 

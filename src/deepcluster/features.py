@@ -1,4 +1,9 @@
-"""Feature extraction: run a frozen network over a dataset into one preallocated array."""
+"""Feature extraction: run a frozen network over a dataset into one preallocated array.
+
+Under torch.distributed (``shard=True``) each process extracts its own contiguous shard of the
+dataset, in dataset order (``shard_range``); ``gather_rows`` puts the shards back together, on
+every process or on one.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,9 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from .clustering import pca_dim_for
 from .models import FEATURE_NAMES, Backbone
@@ -27,6 +33,78 @@ EXACT_POOLING = {
     "feature5": (7, 6, 1, 0, 2),
 }
 LAYERS = FEATURE_NAMES + ("avgpool",)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 without torch.distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard_range(num: int, rank: int, world_size: int) -> range:
+    """The contiguous rows of ``num`` that process ``rank`` of ``world_size`` handles: consecutive
+    ranks take consecutive blocks, the first ``num % world_size`` one row more than the others."""
+    base, extra = divmod(num, world_size)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (rank < extra))
+
+
+def dataset_shard(dataset: Dataset) -> Dataset:
+    """This process's contiguous shard of ``dataset`` (all of it without torch.distributed)."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return dataset
+    if len(dataset) < world:
+        raise ValueError(f"cannot shard {len(dataset)} images over {world} processes")
+    return Subset(dataset, shard_range(len(dataset), rank, world))
+
+
+def comm_device() -> torch.device:
+    """Where collective tensors must live: the current GPU under NCCL, else the CPU."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def gather_rows(local: np.ndarray, dst: int | None = None,
+                chunk_bytes: int = 64 << 20) -> np.ndarray | None:
+    """Every process's rows, concatenated in rank order (dataset order for ``shard_range`` shards),
+    on every process (``dst=None``) or only on process ``dst`` (the others get None).
+
+    Sent ``chunk_bytes`` per process at a time, so the communication buffers stay small whatever
+    the number of rows; the result is written into one preallocated array.
+    """
+    rank, world = rank_and_world()
+    if world == 1:
+        return local
+    local = np.ascontiguousarray(local)
+    device = comm_device()
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([len(local)], dtype=torch.int64, device=device))
+    sizes = [int(size.item()) for size in sizes]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    receive = dst is None or dst == rank
+    out = np.empty((offsets[-1], *local.shape[1:]), dtype=local.dtype) if receive else None
+    row_bytes = max(1, local.itemsize * int(np.prod(local.shape[1:], dtype=np.int64)))
+    rows = max(1, chunk_bytes // row_bytes)
+    source = torch.from_numpy(local)
+    for start in range(0, max(sizes), rows):
+        send = torch.zeros((rows, *local.shape[1:]), dtype=source.dtype, device=device)
+        part = source[start:start + rows]
+        send[:len(part)] = part.to(device)
+        parts = [torch.empty_like(send) for _ in range(world)] if receive else None
+        if dst is None:
+            dist.all_gather(parts, send)
+        else:
+            dist.gather(send, parts, dst=dst)
+        if receive:
+            for r, received in enumerate(parts):
+                count = min(rows, max(0, sizes[r] - start))
+                if count:
+                    begin = offsets[r] + start
+                    out[begin:begin + count] = received[:count].cpu().numpy()
+    return out
 
 
 class TransformingCollate:
@@ -104,12 +182,17 @@ def _global_pass(backbone: Backbone, dataset: Dataset, batch_size: int, workers:
 
 def extract_global(backbone: Backbone, dataset: Dataset, batch_size: int = 256, workers: int = 0,
                    device: torch.device | str = "cpu", progress: bool = True,
-                   batch_transform: nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   batch_transform: nn.Module | None = None,
+                   shard: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The backbone's global feature (what DeepCluster clusters) for every image, in eval mode.
 
     ``batch_transform`` runs on each batch before the backbone (the batched extraction pipeline).
+    With ``shard`` under torch.distributed, only this process's contiguous shard of ``dataset``
+    is extracted and returned (``shard_range``; ``gather_rows`` joins the shards).
     """
     device = torch.device(device)
+    if shard:
+        dataset = dataset_shard(dataset)
     fn, loader = _global_pass(backbone, dataset, batch_size, workers, device, batch_transform)
     with _eval_mode(backbone):
         return extract(fn, loader, device, progress=progress)
@@ -119,15 +202,21 @@ def extract_global(backbone: Backbone, dataset: Dataset, batch_size: int = 256, 
 def extract_whitened(backbone: Backbone, dataset: Dataset, pca_dim: int, batch_size: int = 256,
                      workers: int = 0, device: torch.device | str = "cpu", progress: bool = True,
                      batch_transform: nn.Module | None = None,
-                     spill_dir: str | os.PathLike | None = None) -> np.ndarray:
+                     spill_dir: str | os.PathLike | None = None, shard: bool = False) -> np.ndarray:
     """The backbone's global feature of every image, PCA-whitened to ``pca_dim`` (N x pca_dim,
     float32), without the N x D matrix in memory.
 
     One extraction pass fits a ``StreamingPCA`` and appends the full-width features to a temporary
     file (in ``spill_dir``, default the system's temp folder); the file is then read back and
     projected a chunk at a time. Peak memory: N x pca_dim + D x D + one chunk.
+
+    Under torch.distributed each process passes its own part of the data (or, with ``shard``,
+    extracts only its contiguous shard of ``dataset``); the PCA statistics are all-reduced, so
+    every process projects its rows with the same PCA, fitted on all N images, and returns them.
     """
     device = torch.device(device)
+    if shard:
+        dataset = dataset_shard(dataset)
     fn, loader = _global_pass(backbone, dataset, batch_size, workers, device, batch_transform)
     pca = StreamingPCA(pca_dim)
     # Under a bf16/fp16 autocast (the training precision) only the network runs in it.
@@ -141,15 +230,16 @@ def extract_whitened(backbone: Backbone, dataset: Dataset, pca_dim: int, batch_s
             spill.write(out.cpu().numpy().tobytes())
         if pca.count == 0:
             raise ValueError("cannot extract features of an empty dataset")
-        pca.all_reduce()
+        num = pca.count  # this process's rows (all of them without torch.distributed)
+        pca.all_reduce()  # from here on, count and sums are those of all the processes
         pca.dim = pca_dim_for(pca.count, width, pca_dim)
         with full_precision:
             pca.fit()
         spill.seek(0)
-        reduced = np.empty((pca.count, pca.dim), dtype=np.float32)
+        reduced = np.empty((num, pca.dim), dtype=np.float32)
         rows = max(1, (16 << 20) // (4 * width))  # read back 16 MiB at a time
-        for start in range(0, pca.count, rows):
-            chunk = np.fromfile(spill, dtype=np.float32, count=min(rows, pca.count - start) * width)
+        for start in range(0, num, rows):
+            chunk = np.fromfile(spill, dtype=np.float32, count=min(rows, num - start) * width)
             chunk = torch.from_numpy(chunk.reshape(-1, width)).to(pca.mean.device)
             with full_precision:
                 reduced[start:start + len(chunk)] = pca.transform(chunk).cpu().numpy()

@@ -11,11 +11,26 @@ Each epoch then:
 
 Lightning Fabric handles devices, precision and loggers (CSV and TensorBoard); checkpoints are
 written atomically after every epoch and hold everything ``resume`` needs.
+
+The same config runs on one process or on several (``devices=N``, or under ``torchrun``): Fabric's
+"ddp" strategy, i.e. torch's DistributedDataParallel, averages the gradients. ``batch_size`` is the
+global batch, split evenly over the processes, so that N processes train as one would with the
+same config (docs/scaling.md). Across processes (numbered as the steps above):
+  1. each process extracts its contiguous shard of the images; the streaming PCA's sums are
+     all-reduced; with the faiss k-means, rank 0 gathers the whitened features, clusters them and
+     broadcasts the assignments; with the torch k-means every process clusters its shard (sums
+     and counts all-reduced) and the assignments are all-gathered: every process holds the same
+     N assignments;
+  4. every process draws the same global sample list and takes every world_size-th element;
+  5. the head is re-initialised from the same seed on every process;
+  6. BatchNorm becomes SyncBatchNorm on GPUs (see ``_sync_batchnorm``).
+Only rank 0 writes checkpoints, logs and assignment files and prints.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,25 +38,28 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.fabric import Fabric
 from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
 from rich.table import Table
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import load_checkpoint, save_checkpoint, save_npy
-from .clustering import ClusteringResult, check_k, cluster_features, cluster_whitened, nmi
+from .checkpoint import load_checkpoint, save_epoch_checkpoint, save_npy
+from .clustering import (ClusteringResult, check_k, cluster_features, cluster_whitened,
+                         l2_normalise, nmi, torch_kmeans)
 from .config import PretrainConfig
 from .data import ArrayImageDataset, load_dataset
-from .features import extract_global, extract_whitened, split_batch_transform
+from .features import (comm_device, extract_global, extract_whitened, gather_rows,
+                       split_batch_transform)
 from .models import DeepClusterModel, build_backbone, reset_head
 from .report import console, progress_bar
-from .sampler import UniformClusterSampler
+from .sampler import DistributedUniformClusterSampler
 from .transforms import ChannelsLast, extraction_pipeline, is_small, training_pipeline
 
 # Config fields that may change when a run is resumed; any other change is refused.
 RESUMABLE_CHANGES = {"epochs", "workers", "threads", "out", "accelerator", "devices",
-                     "extract_batch_size", "streaming_pca"}
+                     "extract_batch_size", "streaming_pca", "keep_every"}
 
 
 
@@ -118,16 +136,22 @@ def cluster(fabric: Fabric, model: DeepClusterModel, data: TrainingData, config:
     """Steps 1-3: extract, PCA-whiten, k-means. Returns the result and the extraction seconds
     (with ``streaming_pca``, the PCA is fitted during extraction and counted in them)."""
     check_k(len(data.eval_set), config.k)
+    sharded = fabric.world_size > 1  # each process extracts its contiguous shard
     options = dict(batch_size=config.extract_batch_size, workers=config.workers,
                    device=fabric.device, progress=fabric.is_global_zero,
-                   batch_transform=data.eval_batch)
+                   batch_transform=data.eval_batch, shard=sharded)
     start = time.perf_counter()
     with fabric.autocast():  # the training precision (bf16-mixed: bf16 convolutions) here too
         if config.streaming_pca:
             whitened = extract_whitened(model.backbone, data.eval_set, config.pca_dim, **options)
         else:
             features, _ = extract_global(model.backbone, data.eval_set, **options)
+    if sharded:
+        fabric.barrier()  # the extraction time of the slowest process
     extract_seconds = time.perf_counter() - start
+    if sharded:
+        shard = whitened if config.streaming_pca else features
+        return _cluster_shards(fabric, shard, len(data.eval_set), config, seed), extract_seconds
     if not config.streaming_pca:
         return cluster_features(features, config.k, config.pca_dim, config.kmeans_iters, seed,
                                 config.kmeans_backend), extract_seconds
@@ -135,9 +159,54 @@ def cluster(fabric: Fabric, model: DeepClusterModel, data: TrainingData, config:
                             config.kmeans_backend), extract_seconds
 
 
+def _cluster_shards(fabric: Fabric, shard: np.ndarray, num: int, config: PretrainConfig,
+                    seed: int) -> ClusteringResult:
+    """Step 3 across processes, from each process's shard of the features (whitened when
+    ``streaming_pca``, else full width); every process gets the same ``ClusteringResult``."""
+    start = time.perf_counter()
+    if config.streaming_pca and config.kmeans_backend == "torch":
+        # Every process clusters its own shard (the sums and counts are all-reduced inside, so
+        # every process has the same centroids), then the assignments are all-gathered.
+        x = torch.from_numpy(l2_normalise(shard)).to(comm_device())
+        local, centroids, inertia = torch_kmeans(x, config.k, config.kmeans_iters, seed,
+                                                 distributed=True)
+        assignments = gather_rows(local.cpu().numpy())
+        return ClusteringResult(assignments, centroids.cpu().numpy(), inertia,
+                                time.perf_counter() - start)
+    # faiss (CPU, one process), or the PCA of full-width features: rank 0 gathers the N rows,
+    # clusters them as one process would, and broadcasts the result.
+    gathered = gather_rows(shard, dst=0)
+    result = None
+    if fabric.is_global_zero:
+        if config.streaming_pca:
+            result = cluster_whitened(gathered, config.k, config.kmeans_iters, seed,
+                                      config.kmeans_backend, distributed=False)
+        else:
+            result = cluster_features(gathered, config.k, config.pca_dim, config.kmeans_iters,
+                                      seed, config.kmeans_backend, distributed=False)
+    del gathered
+    result = _broadcast_clustering(result, num)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _broadcast_clustering(result: ClusteringResult | None, num: int) -> ClusteringResult:
+    """Rank 0's clustering on every process: the N assignments as one tensor broadcast, the
+    centroids and inertia pickled."""
+    device = comm_device()
+    assignments = torch.empty(num, dtype=torch.int64, device=device)
+    if result is not None:
+        assignments.copy_(torch.from_numpy(result.assignments.astype(np.int64)))
+    dist.broadcast(assignments, src=0)
+    rest = [None if result is None else (result.centroids, result.inertia, result.seconds)]
+    dist.broadcast_object_list(rest, src=0, device=device)
+    centroids, inertia, seconds = rest[0]
+    return ClusteringResult(assignments.cpu().numpy(), centroids, inertia, seconds)
+
+
 def train_one_epoch(fabric: Fabric, model: nn.Module, optimizer: torch.optim.Optimizer,
                     loader: DataLoader, batch_transform: nn.Module, desc: str) -> float:
-    """Steps 5-6 for one epoch; returns the mean loss."""
+    """Steps 5-6 for one epoch; returns the mean loss (over all processes' samples)."""
     model.train()
     total, count = 0.0, 0
     bar = progress_bar(loader, desc, enabled=fabric.is_global_zero)
@@ -151,20 +220,24 @@ def train_one_epoch(fabric: Fabric, model: nn.Module, optimizer: torch.optim.Opt
         total += loss.item() * len(targets)
         count += len(targets)
         bar.set_postfix(loss=f"{total / count:.3f}", refresh=False)
+    if fabric.world_size > 1:
+        total, count = fabric.all_reduce(torch.tensor([total, count], dtype=torch.float64),
+                                         reduce_op="sum").tolist()
     return total / count
 
 
 def pretrain(config: PretrainConfig, resume: str | Path | None = None,
              progress: bool = True) -> PretrainResult:
     """Run DeepCluster with ``config``; ``resume`` continues from a checkpoint of the same run."""
+    if config.method == "deepcluster-v2":
+        from .v2 import pretrain_v2
+        return pretrain_v2(config, resume, progress)
     out = Path(config.out)
-    fabric = Fabric(accelerator=config.accelerator, devices=config.devices,
-                    precision=config.precision,
-                    loggers=[CSVLogger(out, name="", version=""),
-                             TensorBoardLogger(out, name="tensorboard", version="")])
+    fabric = _make_fabric(config, out)
     if fabric.world_size > 1:
-        raise NotImplementedError("pretraining on several processes is not supported yet; "
-                                  "run with --devices 1")
+        fabric.launch()  # starts the other processes (devices=N), or joins torchrun's
+    world, rank = fabric.world_size, fabric.global_rank
+    local_batch = _local_batch_size(config.batch_size, world)
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -178,6 +251,8 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None,
     model = DeepClusterModel(build_backbone(config.arch, config.sobel), config.k)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if world > 1 and _sync_batchnorm(fabric.device):
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, config)
 
     start_epoch, assignments = 0, None
@@ -206,12 +281,21 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None,
             group["lr"] = lr
         # Seeding per epoch makes an epoch the same whether or not the run was resumed before it.
         torch.manual_seed(config.seed + epoch + 1)
-        reset_head(model.head)
-        sampler = UniformClusterSampler(assignments, seed=config.seed + epoch)
+        if config.reset_head:
+            # The same seed on every process: the same head everywhere (DDP does not re-sync it).
+            reset_head(model.head)
+        if rank > 0:
+            # Each other process its own augmentation (and dropout) stream; rank 0 keeps the
+            # single-process one.
+            torch.manual_seed(int(np.random.SeedSequence([config.seed, epoch + 1, rank])
+                                  .generate_state(1)[0]))
+        # The same global draw on every process, each taking every world-th image.
+        sampler = DistributedUniformClusterSampler(assignments, rank, world,
+                                                   seed=config.seed + epoch)
         collate_fn, on_device = split_batch_transform(data.train_batch, config.workers,
                                                       fabric.device)
         loader = fabric.setup_dataloaders(
-            DataLoader(PseudoLabelled(data.train_set, assignments), batch_size=config.batch_size,
+            DataLoader(PseudoLabelled(data.train_set, assignments), batch_size=local_batch,
                        sampler=sampler, num_workers=config.workers, collate_fn=collate_fn,
                        drop_last=False),
             use_distributed_sampler=False)
@@ -219,20 +303,75 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None,
         loss = train_one_epoch(fabric, fabric_model, optimizer, loader, on_device,
                                desc=f"epoch {epoch + 1}/{config.epochs}")
         train_seconds = time.perf_counter() - start
+        if world > 1:
+            _broadcast_buffers(model)
 
         clustering, extract_seconds = cluster(fabric, model, data, config,
                                               seed=config.seed + epoch + 1)
         row = _epoch_row(epoch + 1, loss, clustering, assignments, data.labels, extract_seconds,
                          train_seconds, lr)
         assignments = clustering.assignments
-        checkpoint_path = _save(checkpoint_path, model, optimizer, config, epoch + 1, assignments)
+        if fabric.is_global_zero:
+            _save(checkpoint_path, model, optimizer, config, epoch + 1, assignments)
         _log(fabric, row, history, out, assignments)
 
-    for logger in fabric.loggers:
-        logger.finalize("success")
-    if progress:
-        console.print(history_table(history))
+    if fabric.is_global_zero:
+        for logger in fabric.loggers:
+            logger.finalize("success")
+        if progress:
+            console.print(history_table(history))
+    if world > 1:
+        fabric.barrier()  # rank 0's files are complete when any process returns
     return PretrainResult(checkpoint_path, history, assignments)
+
+
+def _make_fabric(config: PretrainConfig, out: Path) -> Fabric:
+    """One process, or DDP over ``config.devices`` processes; under torchrun, DDP over the
+    processes torchrun started (on every node: LOCAL_WORLD_SIZE devices, WORLD_SIZE in all)."""
+    devices, num_nodes = config.devices, 1
+    if dist.is_available() and dist.is_torchelastic_launched():
+        devices = int(os.environ["LOCAL_WORLD_SIZE"])
+        num_nodes = int(os.environ["WORLD_SIZE"]) // devices
+    several = devices * num_nodes > 1
+    return Fabric(accelerator=config.accelerator, devices=devices, num_nodes=num_nodes,
+                  strategy="ddp" if several else "auto", precision=config.precision,
+                  loggers=[CSVLogger(out, name="", version=""),
+                           TensorBoardLogger(out, name="tensorboard", version="")])
+
+
+def _local_batch_size(batch_size: int, world_size: int) -> int:
+    """Each process's share of the global ``batch_size``."""
+    if batch_size % world_size:
+        raise ValueError(f"batch_size={batch_size} is the global batch; it must be a multiple of "
+                         f"the {world_size} processes")
+    return batch_size // world_size
+
+
+def _sync_batchnorm(device: torch.device) -> bool:
+    """Whether BatchNorm becomes SyncBatchNorm across processes.
+
+    Per-process batch statistics are those of B / world images, not of the global batch that one
+    process would normalise, so DDP with plain BatchNorm trains a (slightly) different network
+    than one process does. SyncBatchNorm all-reduces the statistics and gives the global batch's:
+    the run then matches the single-process one. torch implements it for GPUs only (its CPU path
+    raises "SyncBatchNorm expected input tensor to be on GPU"; the kernels it calls have no CPU
+    version in torch 2.14), so on CPUs each process normalises its own B / world images, and rank
+    0's running statistics are broadcast after every epoch (``_broadcast_buffers``).
+    """
+    return device.type == "cuda"
+
+
+@torch.no_grad()
+def _broadcast_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every process, so that every process
+    extracts its shard with the same network. (DDP broadcasts them before each forward pass, but
+    the last training step leaves each process with its own; with SyncBatchNorm they agree.)"""
+    device = comm_device()
+    for buffer in model.buffers():
+        moved = buffer.to(device)  # the buffer itself when already there
+        dist.broadcast(moved, src=0)
+        if moved is not buffer:
+            buffer.copy_(moved)
 
 
 def _check_resumable(saved: PretrainConfig, config: PretrainConfig, path) -> None:
@@ -264,7 +403,7 @@ def _epoch_row(epoch: int, loss: float | None, clustering: ClusteringResult,
 
 def _save(path: Path, model: DeepClusterModel, optimizer, config: PretrainConfig, epoch: int,
           assignments: np.ndarray) -> Path:
-    return save_checkpoint({
+    return save_epoch_checkpoint({
         "config": config.to_dict(),
         "epoch": epoch,
         "backbone": model.backbone.state_dict(),
@@ -272,17 +411,18 @@ def _save(path: Path, model: DeepClusterModel, optimizer, config: PretrainConfig
         "optimizer": optimizer.state_dict(),
         "assignments": torch.from_numpy(assignments.astype(np.int64)),
         "rng": torch.get_rng_state(),
-    }, path)
+    }, path, config.keep_every)
 
 
 def _log(fabric: Fabric, row: dict[str, Any], history: list, out: Path, assignments) -> None:
     history.append(row)
+    if not fabric.is_global_zero:  # every process has the same row; rank 0 writes it
+        return
     save_npy(assignments.astype(np.int32), out / "assignments" / f"epoch_{row['epoch']:03d}.npy")
     fabric.log_dict({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
     for logger in fabric.loggers:
         logger.save()
-    if fabric.is_global_zero:
-        console.print(_format_row(row))
+    console.print(_format_row(row))
 
 
 COLUMNS = ("epoch", "loss", "nmi_previous", "nmi_labels", "empty_clusters", "smallest_cluster",

@@ -1,0 +1,343 @@
+"""Several processes (DDP, gloo on the CPU) against one: the sampler, the sharded extraction and
+streaming PCA, the distributed torch k-means, and whole pretraining runs.
+
+The multi-process parts run in 2 processes started with torch.multiprocessing (spawn); each writes
+what it computed to a file that the test compares with the same computation in this process.
+"""
+
+import os
+import pickle
+import socket
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from sklearn.datasets import load_digits
+from torch import nn
+
+import deepcluster.pretrain as pretrain_module
+from deepcluster.checkpoint import load_checkpoint
+from deepcluster.clustering import l2_normalise, pca_whiten, torch_kmeans
+from deepcluster.config import PretrainConfig
+from deepcluster.data import load_dataset
+from deepcluster.features import extract_global, extract_whitened, gather_rows, shard_range
+from deepcluster.models import build_backbone
+from deepcluster.sampler import (UniformClusterSampler, distributed_uniform_cluster_indices,
+                                 padded_length, uniform_cluster_indices)
+from deepcluster.transforms import extraction_pipeline
+
+WORLD = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _spawn(worker, *args) -> None:
+    mp.spawn(worker, args=(_free_port(), *args), nprocs=WORLD, join=True)
+
+
+def _load(path):
+    with open(path, "rb") as handle:
+        return pickle.load(handle)
+
+
+def _dump(value, path) -> None:
+    with open(path, "wb") as handle:
+        pickle.dump(value, handle)
+
+
+# --- the sampler (no processes needed: every rank's share is a pure function) -----------------
+
+def test_distributed_sampler_ranks_share_the_single_process_draw():
+    assignments = np.random.default_rng(0).integers(0, 7, 203)  # 203: not a multiple of 2 or 3
+    for world in (1, 2, 3):
+        padded = padded_length(203, world)
+        full = uniform_cluster_indices(assignments, padded, seed=4)
+        # The first N positions are exactly the single-process epoch; the rest pads.
+        np.testing.assert_array_equal(full[:203], uniform_cluster_indices(assignments, 203, 4))
+        parts = [distributed_uniform_cluster_indices(assignments, 4, rank, world)
+                 for rank in range(world)]
+        assert [len(part) for part in parts] == [padded // world] * world
+        # Interleaved: rank r holds global positions r, r + world, ...; the slices are disjoint
+        # and together they are the whole padded draw.
+        np.testing.assert_array_equal(np.stack(parts, axis=1).reshape(-1), full)
+        # Each global step (a local batch of 8 on every rank) is the batch of 8 * world that one
+        # process would draw, the last (shorter) step included.
+        steps = -(-len(parts[0]) // 8)
+        for step in range(steps):
+            union = np.concatenate([part[step * 8:(step + 1) * 8] for part in parts])
+            np.testing.assert_array_equal(np.sort(union),
+                                          np.sort(full[step * 8 * world:(step + 1) * 8 * world]))
+    single = list(UniformClusterSampler(assignments, seed=4))
+    assert distributed_uniform_cluster_indices(assignments, 4, 0, 1).tolist() == single
+
+
+def test_grouped_draw_equals_the_per_cluster_scan():
+    # uniform_cluster_indices groups the clusters with one sort (a scan per cluster was O(N k));
+    # the draw must stay the one the scan gave, seed for seed.
+    assignments = np.random.default_rng(1).integers(0, 50, 3000)
+    assignments[assignments == 7] = 3  # an empty cluster id
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        clusters = [np.flatnonzero(assignments == c) for c in np.unique(assignments)]
+        per = len(assignments) // len(clusters) + 1
+        drawn = np.concatenate([rng.choice(m, per, replace=len(m) < per) for m in clusters])
+        rng.shuffle(drawn)
+        np.testing.assert_array_equal(uniform_cluster_indices(assignments, 3000, seed),
+                                      drawn[:3000])
+
+
+# --- sharded extraction, streaming PCA, torch k-means, gathers --------------------------------
+
+KMEANS = dict(k=12, seed=5)
+
+
+def _kmeans_points() -> np.ndarray:
+    return l2_normalise(pca_whiten(load_digits().data.astype(np.float32), 16))  # 1797: uneven
+
+
+def _extraction_setup():
+    pipeline = extraction_pipeline(8, in_memory=True)
+    images = load_dataset("digits", "train").subset(301)  # 151 + 150 rows
+    torch.manual_seed(0)
+    backbone = build_backbone("small-cnn", sobel=True)
+    return images.with_transform(pipeline.sample), backbone, pipeline.batch
+
+
+def _pieces(rank) -> dict:
+    """The pieces on this process's shards (in the spawned processes, see ``_worker``)."""
+    torch.set_num_threads(1)
+    x = _kmeans_points()
+    shard = torch.from_numpy(x[shard_range(len(x), rank, WORLD)])
+    assignments, centroids, inertia = torch_kmeans(shard, iterations=10, **KMEANS)
+    _, initial, _ = torch_kmeans(shard, iterations=0, **KMEANS)
+    dataset, backbone, transform = _extraction_setup()
+    options = dict(batch_size=64, progress=False, batch_transform=transform, shard=True)
+    whitened = extract_whitened(backbone, dataset, 16, **options)
+    features, labels = extract_global(backbone, dataset, **options)
+    return {
+        "shard_assignments": assignments.numpy(),
+        "assignments": gather_rows(assignments.numpy()),
+        "centroids": centroids.numpy(), "initial": initial.numpy(), "inertia": inertia,
+        "shard_rows": len(whitened),
+        "whitened": gather_rows(whitened),
+        "whitened_on_0": gather_rows(whitened, dst=0, chunk_bytes=1000),  # several chunks
+        "features": gather_rows(features), "labels": gather_rows(labels),
+    }
+
+
+@pytest.fixture(scope="module")
+def pieces(spawned):
+    return [rank["pieces"] for rank in spawned[1]]
+
+
+def test_distributed_torch_kmeans_equals_one_process_on_the_concatenation(pieces):
+    x = torch.from_numpy(_kmeans_points())
+    assignments, centroids, inertia = torch_kmeans(x, iterations=10, **KMEANS)
+    _, initial, _ = torch_kmeans(x, iterations=0, **KMEANS)
+    first, second = pieces
+    # The initial centroids are drawn from all the shards as one process draws them from all
+    # the points (not from rank 0's shard alone), exactly.
+    for rank in pieces:
+        np.testing.assert_array_equal(rank["initial"], initial.numpy())
+    np.testing.assert_array_equal(np.concatenate([first["shard_assignments"],
+                                                  second["shard_assignments"]]),
+                                  assignments.numpy())
+    for rank in pieces:
+        np.testing.assert_array_equal(rank["assignments"], assignments.numpy())
+        np.testing.assert_allclose(rank["centroids"], centroids.numpy(), atol=1e-5)
+        assert rank["inertia"] == pytest.approx(inertia, rel=1e-5)
+    assert len(np.unique(assignments.numpy())) == KMEANS["k"]
+
+
+def _columns_equal_up_to_sign(a, b, atol):
+    signs = np.sign((a * b).sum(axis=0))
+    np.testing.assert_allclose(a * signs, b, atol=atol)
+
+
+def test_sharded_extraction_and_streaming_pca_equal_one_process(pieces):
+    dataset, backbone, transform = _extraction_setup()
+    options = dict(batch_size=64, progress=False, batch_transform=transform)
+    whitened = extract_whitened(backbone, dataset, 16, **options)
+    features, labels = extract_global(backbone, dataset, **options)
+    assert [rank["shard_rows"] for rank in pieces] == [151, 150]  # contiguous, first one larger
+    for rank in pieces:
+        np.testing.assert_allclose(rank["features"], features, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(rank["labels"], labels)
+        # One PCA fitted on the all-reduced sums of both shards: the single-process PCA.
+        assert rank["whitened"].shape == (301, 16)
+        _columns_equal_up_to_sign(rank["whitened"], whitened, atol=1e-3)
+    np.testing.assert_array_equal(pieces[0]["whitened_on_0"], pieces[0]["whitened"])
+    assert pieces[1]["whitened_on_0"] is None
+
+
+# --- whole pretraining runs -------------------------------------------------------------------
+
+# Digits at their own 8 x 8 pixels. Two runs that differ only in how floating-point sums are
+# ordered (2 processes vs 1, or even 1 process on 1 vs 2 threads) drift apart wherever two values
+# nearly tie (max-pooling, k-means boundaries); on digits upscaled to 28 px (linear ramps) the
+# drift reaches ~1e-5 in 2 epochs and moves a few k-means boundaries, at 8 px it stays ~1e-7.
+SMALL = dict(data="digits", subset=400, image_size=8, arch="small-cnn", augmentation="none", k=10,
+             pca_dim=16, epochs=2, batch_size=64, extract_batch_size=100, lr=0.05,
+             precision="32-true", workers=0, threads=1, accelerator="cpu", seed=7)
+
+
+def _group_norm(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, nn.GroupNorm(1, child.num_features))
+        else:
+            _group_norm(child)
+
+
+def _without_batchnorm(arch, sobel=False):
+    """The small CNN with per-image GroupNorm for BatchNorm: no statistic depends on how a batch
+    is split over processes, so 2 processes must train exactly as 1 (BatchNorm cannot: torch's
+    SyncBatchNorm runs on GPUs only, see pretrain._sync_batchnorm)."""
+    backbone = build_backbone(arch, sobel)
+    _group_norm(backbone)
+    return backbone
+
+
+def _recording_cluster(log: list):
+    """pretrain.cluster, recording every process's model state and assignments each time."""
+    real = pretrain_module.cluster
+
+    def cluster(fabric, model, data, config, seed):
+        result, seconds = real(fabric, model, data, config, seed)
+        log.append({"state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                    "assignments": result.assignments.copy()})
+        return result, seconds
+    return cluster
+
+
+def _run(monkeypatch, out, batchnorm=True, resume=None, **changes):
+    log: list = []
+    monkeypatch.setattr(pretrain_module, "cluster", _recording_cluster(log))
+    if not batchnorm:
+        monkeypatch.setattr(pretrain_module, "build_backbone", _without_batchnorm)
+    config = PretrainConfig(**{**SMALL, "out": str(out), **changes})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = pretrain_module.pretrain(config, resume=resume, progress=False)
+    return {"history": result.history, "assignments": result.assignments, "log": log,
+            "checkpoint": result.checkpoint}
+
+
+# (name, batchnorm, changes, resume from the run named)
+RUNS = [
+    ("faiss", False, {}, None),
+    ("torch-first", False, dict(kmeans_backend="torch", epochs=1), None),
+    ("torch-resumed", False, dict(kmeans_backend="torch", out_as="torch-first"), "torch-first"),
+    ("batchnorm", True, dict(epochs=1), None),
+]
+
+
+def _worker(rank, port, out, runs):
+    """One of the 2 processes: the pretraining ``runs`` (Fabric starts torch.distributed), then
+    the pieces in the same process group (one start-up of the processes for all the tests)."""
+    # What Fabric's own launcher sets for the processes it starts (devices=2 on one node).
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank),
+                      NODE_RANK="0")
+    results = {}
+    for name, batchnorm, changes, resume in runs:
+        changes = dict(changes)
+        folder = out / changes.pop("out_as", name)
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            results[name] = _run(monkeypatch, folder, batchnorm, devices=WORLD,
+                                 resume=resume and results[resume]["checkpoint"], **changes)
+    assert dist.is_initialized() and dist.get_world_size() == WORLD
+    results["pieces"] = _pieces(rank)
+    dist.destroy_process_group()
+    _dump(results, out / f"rank{rank}.pkl")
+
+
+@pytest.fixture(scope="module")
+def spawned(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    _spawn(_worker, out, RUNS)
+    return out, [_load(out / f"rank{rank}.pkl") for rank in range(WORLD)]
+
+
+@pytest.fixture(scope="module")
+def runs(spawned):
+    """The same configs on 2 processes and on 1 (GroupNorm for BatchNorm, see above)."""
+    out, ranks = spawned
+    single = {}
+    for name, changes in [("faiss", {}), ("torch", dict(kmeans_backend="torch"))]:
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            single[name] = _run(monkeypatch, out / f"single-{name}", batchnorm=False, **changes)
+    return out, ranks, single
+
+
+def _assert_same_training(distributed, single, rows):
+    """Same assignments at every clustering, same losses, same final weights."""
+    assert len(distributed["log"]) == len(rows)
+    for got, want in zip(distributed["log"], single["log"][-len(distributed["log"]):]):
+        np.testing.assert_array_equal(got["assignments"], want["assignments"])
+    got_rows = distributed["history"]
+    want_rows = single["history"][-len(got_rows):]
+    assert [row["epoch"] for row in got_rows] == rows
+    assert [row["epoch"] for row in want_rows] == rows
+    for got, want in zip(got_rows, want_rows):
+        if got["epoch"] > 0:
+            assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+        assert got["nmi_labels"] == pytest.approx(want["nmi_labels"])
+    final, expected = distributed["log"][-1]["state"], single["log"][-1]["state"]
+    for name in expected:
+        torch.testing.assert_close(final[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_two_processes_train_as_one_with_the_same_global_batch(runs):
+    out, ranks, single = runs
+    for rank in ranks:
+        _assert_same_training(rank["faiss"], single["faiss"], rows=[0, 1, 2])
+    # The weights moved well beyond the tolerance (not a comparison of two untrained networks).
+    trained, initial = (single["faiss"]["log"][i]["state"]["backbone.stages.3.0.weight"]
+                        for i in (-1, 0))
+    assert (trained - initial).abs().max() > 1e-2
+    # Rank 0's files: the checkpoint and the assignments of every epoch.
+    state = load_checkpoint(out / "faiss" / "checkpoints" / "last.ckpt")
+    assert state["epoch"] == 2
+    for name, value in single["faiss"]["log"][-1]["state"].items():
+        if name.startswith("backbone."):
+            torch.testing.assert_close(state["backbone"][name[len("backbone."):]], value,
+                                       rtol=1e-4, atol=1e-5)
+    for epoch, record in enumerate(single["faiss"]["log"]):
+        saved = np.load(out / "faiss" / "assignments" / f"epoch_{epoch:03d}.npy")
+        np.testing.assert_array_equal(saved, record["assignments"])
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_two_processes_with_torch_kmeans_resume_as_one_process(runs):
+    # 1 epoch on 2 processes, resumed for the 2nd on 2 processes == 2 epochs on 1 process.
+    _, ranks, single = runs
+    for rank in ranks:
+        first = rank["torch-first"]
+        assert len(first["log"]) == 2
+        for got, want in zip(first["log"], single["torch"]["log"][:2]):
+            np.testing.assert_array_equal(got["assignments"], want["assignments"])
+        assert first["history"][1]["loss"] == pytest.approx(
+            single["torch"]["history"][1]["loss"], rel=1e-5)
+        _assert_same_training(rank["torch-resumed"], single["torch"], rows=[2])
+
+
+def test_with_batchnorm_every_process_holds_the_same_network_and_assignments(runs):
+    # On CPUs BatchNorm normalises each process's half batch, so the run differs from one
+    # process's; but rank 0's running statistics are broadcast after every epoch, so every
+    # process extracts with the same network, and every process gets the same assignments.
+    _, (first, second), _ = runs
+    assert len(first["batchnorm"]["log"]) == len(second["batchnorm"]["log"]) == 2
+    for a, b in zip(first["batchnorm"]["log"], second["batchnorm"]["log"]):
+        np.testing.assert_array_equal(a["assignments"], b["assignments"])
+        for name in a["state"]:
+            torch.testing.assert_close(a["state"][name], b["state"][name], rtol=0, atol=0,
+                                       msg=name)
+    assert any("running_mean" in name for name in first["batchnorm"]["log"][-1]["state"])
+    assert first["batchnorm"]["history"][-1]["loss"] == second["batchnorm"]["history"][-1]["loss"]
