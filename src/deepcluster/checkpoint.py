@@ -28,6 +28,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
+def save_epoch_checkpoint(state: dict[str, Any], path: str | os.PathLike, keep_every: int) -> Path:
+    """Write ``state`` (with its ``epoch``) to ``path`` (``last.ckpt``), and also beside it as
+    ``epoch_NNN.ckpt`` when the epoch is a multiple of ``keep_every`` (0: never)."""
+    path = Path(path)
+    if keep_every and state["epoch"] % keep_every == 0:
+        save_checkpoint(state, path.parent / f"epoch_{state['epoch']:03d}.ckpt")
+    return save_checkpoint(state, path)
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda temp: torch.save(state, temp))
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from .config import DEFAULT_PRESET, PRESETS, PretrainConfig, get_preset
+from .checkpoint import save_json
+from .config import DEFAULT_PRESET, DEFAULT_V2_PRESET, PRESETS, PretrainConfig, get_preset
 from .data import DataError
 from .report import console
 
@@ -62,7 +63,15 @@ def pretrain(preset: str, resume: str | None, **overrides) -> None:
     config = get_preset(preset).override(**overrides)
     _refuse_to_overwrite(config, resume)
     result = run_pretrain(config, resume=resume)
-    console.print(f"checkpoint: {result.checkpoint}")
+    if not _other_rank():
+        console.print(f"checkpoint: {result.checkpoint}")
+
+
+def _other_rank() -> bool:
+    """Whether this is a process other than rank 0 of a multi-process run."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_rank() > 0
 
 
 def _refuse_to_overwrite(config: PretrainConfig, resume: str | None) -> None:
@@ -76,10 +85,11 @@ def _refuse_to_overwrite(config: PretrainConfig, resume: str | None) -> None:
 def presets() -> None:
     """List the named pretraining presets."""
     table = Table(title="presets")
-    for column in ("preset", "data", "arch", "sobel", "size", "k", "epochs", "batch", "lr"):
+    for column in ("preset", "method", "data", "arch", "sobel", "size", "k", "epochs", "batch",
+                   "lr"):
         table.add_column(column)
     for name, c in PRESETS.items():
-        table.add_row(name, c.data, c.arch, str(c.sobel), str(c.image_size), str(c.k),
+        table.add_row(name, c.method, c.data, c.arch, str(c.sobel), str(c.image_size), str(c.k),
                       str(c.epochs), str(c.batch_size), str(c.lr))
     console.print(table)
 
@@ -149,30 +159,59 @@ def knn_table(results: dict) -> Table:
     return table
 
 
+DEMO_METHODS = {"v1": DEFAULT_PRESET, "v2": DEFAULT_V2_PRESET}
+
+
 @main.command()
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
-@click.option("--epochs", type=int, default=None, help="override the default preset's epochs")
-def demo(out: str, epochs: int | None) -> None:
-    """The quick start: pretrain the default preset, then k-NN against random init and raw pixels."""
+@click.option("--methods", default="v1,v2", show_default=True,
+              help="which to pretrain: v1 (the default preset), v2 (DeepCluster-v2), or both")
+@click.option("--epochs", type=int, default=None, help="override the presets' epochs")
+def demo(out: str, methods: str, epochs: int | None) -> None:
+    """The quick start: pretrain DeepCluster (and DeepCluster-v2) with the default presets, then
+    k-NN against random init and raw pixels."""
     import time
 
     from .benchmarks.knn import run_knn
+
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in DEMO_METHODS]
+    if unknown or not chosen:
+        raise click.BadParameter(f"{methods!r}: choose from {', '.join(DEMO_METHODS)}",
+                                 param_hint="--methods")
+    rows, seconds = [], {}
+    for index, method in enumerate(chosen):
+        config = get_preset(DEMO_METHODS[method]).override(
+            out=str(Path(out) / ("pretrain" if method == "v1" else f"pretrain-{method}")),
+            epochs=epochs)
+        start = time.perf_counter()
+        checkpoint = _pretrain_or_reuse(config)
+        seconds[method] = time.perf_counter() - start
+        results = run_knn(checkpoint, config.data, Path(out) / f"knn-{method}",
+                          baselines=index == 0)
+        results["rows"][0]["features"] = ("DeepCluster" if method == "v1" else "DeepCluster-v2")
+        rows.insert(index, results["rows"][0])
+        rows.extend(results["rows"][1:])
+    summary = {**results, "rows": rows, "pretrain_seconds": seconds}
+    save_json(summary, Path(out) / "knn" / "results.json")
+    console.print(knn_table(summary))
+    console.print("pretraining took " + ", ".join(f"{m} {s:.0f} s" for m, s in seconds.items()) +
+                  f"; results in {out}")
+
+
+def _pretrain_or_reuse(config: PretrainConfig) -> Path:
+    """Pretrain ``config``, resume it if interrupted, or reuse it if finished."""
     from .checkpoint import load_checkpoint
     from .pretrain import pretrain as run_pretrain
 
-    config = get_preset(DEFAULT_PRESET).override(out=str(Path(out) / "pretrain"), epochs=epochs)
     last = Path(config.out) / "checkpoints" / "last.ckpt"
-    start = time.perf_counter()
     if not last.exists():
         run_pretrain(config)
     elif load_checkpoint(last)["epoch"] < config.epochs:
         run_pretrain(config, resume=last)
     else:
         console.print(f"reusing the finished run in {config.out} (delete it to train again)")
-    pretrain_seconds = time.perf_counter() - start
-    results = run_knn(last, config.data, Path(out) / "knn", baselines=True)
-    console.print(knn_table(results))
-    console.print(f"pretraining took {pretrain_seconds:.0f} s; results in {out}")
+    return last
 
 
 # Linear benchmark, supervised baseline and the results table (issue #3).

@@ -7,6 +7,8 @@
   RandomGrayscale(0.2) (MMSelfSup's DeepCluster);
   ``original`` RandomResizedCrop and flip (facebookresearch/deepcluster);
   ``small`` a milder crop (scale 0.3-1) and flip, for 28-64 px data;
+  ``strong`` the SwAV/DeepCluster-v2 crop range (scale 0.14-1), flip and brightness/contrast
+  jitter, for 28-64 px data;
   ``none`` the extraction transform (no augmentation).
 Every transform returns a 3-channel float tensor; grey images are repeated over the channels.
 
@@ -32,7 +34,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SMALL_MEAN = (0.5, 0.5, 0.5)
 SMALL_STD = (0.25, 0.25, 0.25)
 
-AUGMENTATIONS = ("mmselfsup", "original", "small", "none")
+AUGMENTATIONS = ("mmselfsup", "original", "small", "strong", "none")
+STRONG_CROP_SCALE = (0.14, 1.0)
 SMALL_IMAGE_LIMIT = 64  # at or below this size the small-image variants apply
 
 
@@ -76,6 +79,9 @@ def training_transform(name: str, image_size: int) -> Callable:
     elif name == "small":
         steps = [v2.RandomResizedCrop(image_size, scale=(0.3, 1.0), antialias=True),
                  v2.RandomHorizontalFlip()]
+    elif name == "strong":
+        steps = [v2.RandomResizedCrop(image_size, scale=STRONG_CROP_SCALE, antialias=True),
+                 v2.RandomHorizontalFlip(), v2.RandomApply([v2.ColorJitter(0.4, 0.4)], p=0.8)]
     else:
         raise ValueError(f"augmentation {name!r} is not one of {', '.join(AUGMENTATIONS)}")
     return v2.Compose([_rgb()] + steps + _normalise(image_size))
@@ -135,6 +141,9 @@ def _batch_augmentation(name: str, image_size: int) -> list[nn.Module]:
         return [K.RandomResizedCrop(size), K.RandomHorizontalFlip()]
     if name == "small":
         return [K.RandomResizedCrop(size, scale=(0.3, 1.0)), K.RandomHorizontalFlip()]
+    if name == "strong":
+        return [K.RandomResizedCrop(size, scale=STRONG_CROP_SCALE), K.RandomHorizontalFlip(),
+                K.ColorJitter(0.4, 0.4, p=0.8)]
     raise ValueError(f"augmentation {name!r} is not one of {', '.join(AUGMENTATIONS)}")
 
 
@@ -158,3 +167,65 @@ def extraction_pipeline(image_size: int, in_memory: bool) -> Pipeline:
         raise ValueError("the batched pipeline is for small images; use the per-image one")
     return Pipeline(_uint8_tensor(), nn.Sequential(_ToFloatRGB(image_size),
                                                    _batch_normalise(image_size)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-crop (DeepCluster-v2 / SwAV): several large crops and several small ones per image
+
+LARGE_CROP_SCALE = STRONG_CROP_SCALE
+SMALL_CROP_SCALE = (0.05, 0.14)
+
+
+def small_crop_size(image_size: int, size: int = 0) -> int:
+    """The small crops' side: ``size`` if given, else 96/224 of ``image_size`` (SwAV's ratio)."""
+    return size or max(8, round(image_size * 96 / 224))
+
+
+class MultiCrop(nn.Module):
+    """``large`` views at ``image_size`` then ``small`` views at ``small_size``: a list of batches
+    (or of single images, per image), large views first."""
+
+    def __init__(self, large_view: Callable, small_view: Callable, large: int, small: int):
+        super().__init__()
+        self.large_view, self.small_view = large_view, small_view
+        self.large, self.small = large, small
+
+    def forward(self, x):
+        return ([self.large_view(x) for _ in range(self.large)] +
+                [self.small_view(x) for _ in range(self.small)])
+
+
+class PerView(nn.Module):
+    """Apply ``module`` to each view of a multi-crop list."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.module(view) for view in views]
+
+
+def _view_steps(size: int, scale: tuple[float, float], batched: bool) -> list:
+    if batched:
+        import kornia.augmentation as K
+
+        return [K.RandomResizedCrop((size, size), scale=scale), K.RandomHorizontalFlip(),
+                K.ColorJitter(0.4, 0.4, p=0.8)]
+    return [v2.RandomResizedCrop(size, scale=scale, antialias=True), v2.RandomHorizontalFlip(),
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4)], p=0.8)]
+
+
+def multicrop_pipeline(image_size: int, large: int, small: int, small_size: int,
+                       in_memory: bool) -> Pipeline:
+    """SwAV's multi-crop: ``large`` crops at ``image_size`` (scale 0.14-1) and ``small`` crops at
+    ``small_size`` (scale 0.05-0.14), each flipped and brightness/contrast-jittered."""
+    small_size = small_crop_size(image_size, small_size)
+    if in_memory:
+        normalise = _batch_normalise(image_size)
+        views = [nn.Sequential(_ToFloatRGB(), *_view_steps(size, scale, True), normalise)
+                 for size, scale in ((image_size, LARGE_CROP_SCALE), (small_size, SMALL_CROP_SCALE))]
+        return Pipeline(_uint8_tensor(), MultiCrop(views[0], views[1], large, small))
+    views = [v2.Compose([_rgb(), *_view_steps(size, scale, False), *_normalise(image_size)])
+             for size, scale in ((image_size, LARGE_CROP_SCALE), (small_size, SMALL_CROP_SCALE))]
+    return Pipeline(MultiCrop(views[0], views[1], large, small), nn.Identity())

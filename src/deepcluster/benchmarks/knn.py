@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torchvision.transforms import v2
 
 from ..checkpoint import backbone_from_checkpoint, save_json
-from ..data import load_dataset
+from ..data import ArrayImageDataset, load_dataset
 from ..features import extract_global
 from ..models import Backbone
-from ..transforms import extraction_transform
+from ..transforms import ChannelsLast, extraction_pipeline, is_small
 
 DEFAULT_K = 20
 DEFAULT_TEMPERATURE = 0.07
@@ -68,9 +69,16 @@ def raw_pixel_features(data: str, split: str, image_size: int) -> tuple[np.ndarr
 
 def network_features(backbone: Backbone, image_size: int, data: str, split: str,
                      batch_size: int = 512, workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The backbone's global feature of every image of ``split``, with the extraction transform."""
-    dataset = _labelled_split(data, split).with_transform(extraction_transform(image_size))
-    return extract_global(backbone, dataset, batch_size, workers)
+    """The backbone's global feature of every image of ``split``, with the extraction transform
+    (applied a batch at a time to small images held in memory)."""
+    dataset = _labelled_split(data, split)
+    in_memory = isinstance(dataset, ArrayImageDataset) and is_small(image_size)
+    pipeline = extraction_pipeline(image_size, in_memory)
+    # channels-last convolutions: several times faster on CPUs, same numbers
+    backbone = backbone.to(memory_format=torch.channels_last)
+    batch = nn.Sequential(pipeline.batch, ChannelsLast())
+    return extract_global(backbone, dataset.with_transform(pipeline.sample), batch_size, workers,
+                          batch_transform=batch)
 
 
 def run_knn(checkpoint: str | Path, data: str, out: str | Path, random_init: bool = False,

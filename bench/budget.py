@@ -1,0 +1,97 @@
+"""What a pretraining run reaches within fixed wall-clock budgets (15 and 60 minutes).
+
+Pretrains one preset (with overrides), keeping the checkpoint of every epoch; the wall time at
+which each epoch's checkpoint was written is measured from the start of the command. For every
+budget the last epoch finished within it is judged as in ``bench/ablation.py``: k-NN top-1 and
+the AvgPool linear probe top-1 on Fashion-MNIST test, NMI of its clustering with the labels.
+Prints a table and writes JSON.
+
+    python bench/budget.py --preset fashion-mnist --epochs 40 --out runs/budget/v1
+    python bench/budget.py --preset fashion-mnist-v2 --epochs 12 --out runs/budget/v2
+    python bench/budget.py ... --set augmentation=strong --set lr=0.2 --minutes 15,60
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import time
+import warnings
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ablation import evaluate_backbone  # bench/ablation.py, beside this script
+from deepcluster.checkpoint import backbone_from_checkpoint, load_checkpoint, save_json
+from deepcluster.config import PretrainConfig, get_preset
+from deepcluster.pretrain import pretrain
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``name=value`` pairs typed like the PretrainConfig fields they set."""
+    types = {f.name: f.type for f in dataclasses.fields(PretrainConfig)}
+    changes = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name not in types:
+            raise SystemExit(f"--set {pair}: no config field {name!r}")
+        kind = types[name]
+        changes[name] = (value.lower() in ("1", "true", "yes") if kind in ("bool", bool) else
+                         {"int": int, "float": float, "str": str}[kind](value))
+    return changes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="fashion-mnist")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    parser.add_argument("--epochs", type=int, required=True, help="enough to fill the largest budget")
+    parser.add_argument("--minutes", default="15,60", help="comma-separated budgets")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    out = Path(args.out)
+    config = get_preset(args.preset).override(epochs=args.epochs, threads=args.threads,
+                                              keep_every=1, out=str(out / "pretrain"),
+                                              **parse_overrides(args.set))
+    checkpoints = out / "pretrain" / "checkpoints"
+    timing_file = out / "epoch_times.json"
+    if not timing_file.exists():
+        start = time.time()
+        pretrain(config, progress=False)
+        save_json({p.name: p.stat().st_mtime - start for p in sorted(checkpoints.glob("epoch_*.ckpt"))},
+                  timing_file)
+    times = json.loads(timing_file.read_text())
+    with open(out / "pretrain" / "metrics.csv") as handle:
+        nmi = {int(r["step"]): float(r["nmi_labels"]) for r in csv.DictReader(handle)
+               if r.get("nmi_labels")}
+    rows = []
+    for minutes in (float(m) for m in args.minutes.split(",")):
+        within = [name for name, seconds in times.items() if seconds <= minutes * 60]
+        if not within:
+            continue
+        name = max(within)
+        epoch = load_checkpoint(checkpoints / name)["epoch"]
+        backbone, saved = backbone_from_checkpoint(checkpoints / name)
+        knn, linear = evaluate_backbone(backbone, saved.image_size)
+        rows.append({"budget_min": minutes, "epoch": epoch, "elapsed_s": times[name],
+                     "knn_top1": knn, "linear_top1": linear, "nmi_labels": nmi.get(epoch)})
+        print(json.dumps(rows[-1]), flush=True)
+    save_json({"preset": args.preset, "config": config.to_dict(), "rows": rows},
+              out / "budget.json")
+    table = Table(title=f"{args.preset} {' '.join(args.set)} within fixed budgets")
+    for column in ("budget min", "epoch", "elapsed s", "k-NN top-1", "linear top-1", "NMI labels"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(f"{r['budget_min']:g}", str(r["epoch"]), f"{r['elapsed_s']:.0f}",
+                      f"{r['knn_top1']:.2f}", f"{r['linear_top1']:.2f}",
+                      f"{r['nmi_labels']:.3f}" if r["nmi_labels"] is not None else "-")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,332 @@
+"""DeepCluster-v2 (Caron et al., 2020, the SwAV paper's appendix): the v1 idea with a projection
+head, prototypes, multi-crop and no extraction pass.
+
+Each epoch:
+  1. cluster the memory bank, which holds the L2-normalised 128-d embedding of every image's large
+     crops from the previous epoch's training pass (or from one initial pass before the first
+     epoch), with ``prototype_sets`` spherical k-means runs of k clusters; the normalised
+     centroids become fixed prototypes and the cluster ids the targets;
+  2. train backbone and projector on multi-crop views: the cross-entropy of the softmax of
+     embedding-prototype similarities at ``temperature`` against the image's cluster id, averaged
+     over all views and all prototype sets; every large crop's embedding is written into the
+     memory bank at the image's index (so the bank is in dataset order);
+  3. a cosine learning-rate schedule with linear warm-up, stepped every batch.
+
+The prototypes are never trained; an empty cluster keeps its previous centroid. Checkpoints have
+the same ``backbone`` and ``config`` as v1, so every benchmark reads them unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.fabric import Fabric
+from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .checkpoint import load_checkpoint, save_epoch_checkpoint, save_npy
+from .clustering import check_k, nmi
+from .config import PretrainConfig
+from .data import ArrayImageDataset, load_dataset
+from .features import split_batch_transform
+from .models import Backbone, build_backbone
+from .report import console, progress_bar
+from .transforms import ChannelsLast, PerView, is_small, multicrop_pipeline
+
+
+class DeepClusterV2Model(nn.Module):
+    """Backbone, projection MLP to an L2-normalised embedding, and frozen prototype sets."""
+
+    def __init__(self, backbone: Backbone, hidden: int, dim: int, sets: int, k: int):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = nn.Sequential(nn.Linear(backbone.feature_dim, hidden),
+                                       nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                                       nn.Linear(hidden, dim))
+        # Buffers, not parameters: the prototypes are k-means centroids, never trained.
+        self.register_buffer("prototypes", nn.functional.normalize(torch.randn(sets, k, dim), dim=2))
+
+    def embed(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """Embeddings of all views, concatenated view after view; views of one size share a
+        forward pass."""
+        outputs, start = [], 0
+        while start < len(views):
+            end = start
+            while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
+                end += 1
+            outputs.append(self.projector(self.backbone(torch.cat(views[start:end]))))
+            start = end
+        return nn.functional.normalize(torch.cat(outputs).float(), dim=1)
+
+    def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
+        return self.embed(views)
+
+
+class Indexed(Dataset):
+    """The training images with their dataset index as the target (the memory bank's row)."""
+
+    def __init__(self, images: Dataset):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images[index][0], index
+
+    def __getitems__(self, indices: list[int]) -> list[tuple]:
+        fetch = getattr(self.images, "__getitems__", None)
+        samples = fetch(indices) if fetch else [self.images[i] for i in indices]
+        return [(image, i) for (image, _), i in zip(samples, indices)]
+
+
+@torch.no_grad()
+def spherical_kmeans(x: torch.Tensor, k: int, iterations: int = 10, seed: int = 0,
+                     init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means of L2-normalised rows by cosine similarity; returns (assignments, centroids).
+
+    The centroids start at ``init`` or at k random rows, and are the L2-normalised means of their
+    members; a cluster that loses all its members keeps its previous centroid. The last step is
+    an update, so the returned centroids are exactly the normalised means of the returned
+    clusters (or the kept centroid of an empty one).
+    """
+    check_k(len(x), k)
+    if init is None:
+        generator = torch.Generator().manual_seed(seed)
+        init = x[torch.randperm(len(x), generator=generator)[:k].to(x.device)]
+    centroids = init.clone()
+    for _ in range(max(1, iterations)):
+        assignments = (x @ centroids.T).argmax(dim=1)
+        sums = torch.zeros_like(centroids).index_add_(0, assignments, x)
+        counts = torch.bincount(assignments, minlength=k)
+        non_empty = counts > 0
+        centroids[non_empty] = nn.functional.normalize(sums[non_empty], dim=1)
+    return assignments, centroids
+
+
+def cluster_memory(memory: torch.Tensor, k: int, sets: int, iterations: int, seed: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Set ``s`` clusters memory bank ``s mod banks``: (assignments (sets, N), prototypes
+    (sets, k, dim))."""
+    results = [spherical_kmeans(memory[s % len(memory)], k, iterations, seed * 1000 + s)
+               for s in range(sets)]
+    return torch.stack([a for a, _ in results]), torch.stack([c for _, c in results])
+
+
+def swapped_loss(embeddings: torch.Tensor, prototypes: torch.Tensor, targets: torch.Tensor,
+                 views: int, temperature: float) -> torch.Tensor:
+    """Cross-entropy of every view's prototype scores against its image's cluster id, averaged
+    over prototype sets. ``embeddings`` is (views * B, dim), view after view; ``targets`` is
+    (sets, B)."""
+    loss = embeddings.new_zeros(())
+    for set_prototypes, set_targets in zip(prototypes, targets):
+        scores = embeddings @ set_prototypes.T / temperature
+        loss = loss + nn.functional.cross_entropy(scores, set_targets.repeat(views))
+    return loss / len(prototypes)
+
+
+def scheduled_lr(config: PretrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Linear warm-up over ``warmup_epochs``, then constant or cosine decay to zero."""
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    if config.lr_schedule == "constant":
+        return config.lr
+    progress = (step - warmup) / max(1, config.epochs * steps_per_epoch - warmup)
+    return 0.5 * config.lr * (1.0 + math.cos(math.pi * progress))
+
+
+def train_one_epoch(fabric: Fabric, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    loader: DataLoader, batch_transform: nn.Module, memory: torch.Tensor,
+                    targets: torch.Tensor | None, prototypes: torch.Tensor | None,
+                    config: PretrainConfig, first_step: int, desc: str) -> float:
+    """One pass over ``loader``: trains on the prototype targets (unless ``targets`` is None: the
+    initial pass that only fills the memory bank) and writes each image's large-crop embeddings
+    into ``memory`` at its index. Returns the mean loss (nan for the initial pass)."""
+    model.train()
+    large = len(memory)
+    total, count = 0.0, 0
+    bar = progress_bar(loader, desc, enabled=fabric.is_global_zero)
+    for step, (views, indices) in enumerate(bar, start=first_step):
+        with torch.no_grad():
+            views = batch_transform(views)
+        batch = len(indices)
+        with torch.set_grad_enabled(targets is not None):
+            embeddings = model(views)
+        memory[:, indices] = embeddings[:large * batch].detach().view(large, batch, -1).to(memory)
+        if targets is None:
+            continue
+        for group in optimizer.param_groups:
+            group["lr"] = scheduled_lr(config, step, len(loader))
+        loss = swapped_loss(embeddings, prototypes, targets[:, indices], len(views),
+                            config.temperature)
+        optimizer.zero_grad(set_to_none=True)
+        fabric.backward(loss)
+        optimizer.step()
+        total += loss.item() * batch
+        count += batch
+        bar.set_postfix(loss=f"{total / count:.3f}", refresh=False)
+    return total / count if count else float("nan")
+
+
+def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progress: bool = True):
+    """Run DeepCluster-v2 with ``config``; same outputs as v1's ``pretrain``."""
+    from .pretrain import PretrainResult, _check_resumable, history_table
+
+    out = Path(config.out)
+    fabric = Fabric(accelerator=config.accelerator, devices=config.devices,
+                    precision=config.precision,
+                    loggers=[CSVLogger(out, name="", version=""),
+                             TensorBoardLogger(out, name="tensorboard", version="")])
+    if fabric.world_size > 1:
+        raise NotImplementedError("DeepCluster-v2 runs on one process for now; use --devices 1")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+
+    images = load_dataset(config.data, "train", skip_unreadable=config.skip_unreadable)
+    if config.subset:
+        images = images.subset(config.subset)
+    check_k(len(images), config.k)
+    if len(images) % config.batch_size == 1:
+        raise ValueError(f"{len(images)} images in batches of batch_size={config.batch_size} leave "
+                         "a last batch of one image, which BatchNorm cannot train on; change "
+                         "batch_size or subset")
+    in_memory = isinstance(images, ArrayImageDataset) and is_small(config.image_size)
+    pipeline = multicrop_pipeline(config.image_size, config.large_crops, config.small_crops,
+                                  config.small_crop_size, in_memory)
+    batch_transform = pipeline.batch
+    if config.channels_last:
+        batch_transform = nn.Sequential(batch_transform, PerView(ChannelsLast()))
+    batch_transform.to(fabric.device)
+    train_set = Indexed(images.with_transform(pipeline.sample))
+
+    model = DeepClusterV2Model(build_backbone(config.arch, config.sobel), config.projection_hidden,
+                               config.projection_dim, config.prototype_sets, config.k)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                momentum=config.momentum, weight_decay=config.weight_decay)
+    memory = torch.zeros(config.large_crops, len(train_set), config.projection_dim)
+    start_epoch = 0
+    if resume is not None:
+        state = load_checkpoint(resume)
+        _check_resumable(PretrainConfig.from_dict(state["config"]), config, resume)
+        model.load_state_dict({**{f"backbone.{k}": v for k, v in state["backbone"].items()},
+                               **{f"projector.{k}": v for k, v in state["projector"].items()},
+                               "prototypes": state["prototypes"]})
+        optimizer.load_state_dict(state["optimizer"])
+        memory = state["memory"]
+        torch.set_rng_state(state["rng"])
+        start_epoch = int(state["epoch"])
+    fabric_model, optimizer = fabric.setup(model, optimizer)
+
+    def loader(seed: int) -> tuple[DataLoader, nn.Module]:
+        collate_fn, on_device = split_batch_transform(batch_transform, config.workers,
+                                                      fabric.device)
+        generator = torch.Generator().manual_seed(seed)
+        return fabric.setup_dataloaders(
+            DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator,
+                       num_workers=config.workers, collate_fn=collate_fn, drop_last=False),
+            use_distributed_sampler=False), on_device
+
+    labels = images.targets
+    history: list[dict[str, Any]] = []
+    checkpoint_path = out / "checkpoints" / "last.ckpt"
+    loss, lr, train_seconds, previous = float("nan"), 0.0, 0.0, None
+    if resume is None:
+        start = time.perf_counter()
+        initial, on_device = loader(config.seed)
+        train_one_epoch(fabric, fabric_model, optimizer, initial, on_device, memory, None, None,
+                        config, 0, desc="fill memory")
+        train_seconds = time.perf_counter() - start
+    else:
+        previous = state["assignments"]
+
+    # Row e: the training pass of epoch e (none for e = 0: the initial fill) and the clustering
+    # of the memory bank it filled, whose prototypes and ids epoch e + 1 trains on.
+    for epoch in range(start_epoch, config.epochs + 1):
+        start = time.perf_counter()
+        assignments, prototypes = cluster_memory(memory, config.k, config.prototype_sets,
+                                                 config.kmeans_iters, config.seed + epoch)
+        cluster_seconds = time.perf_counter() - start
+        if resume is None or epoch > start_epoch:  # a resumed run logged its last row already
+            _log(fabric, history, out, assignments,
+                 _row(epoch, loss, previous, assignments, labels, lr, cluster_seconds,
+                      train_seconds))
+        if epoch == config.epochs:
+            break
+        model.prototypes.copy_(prototypes)
+        torch.manual_seed(config.seed + epoch + 1)
+        epoch_loader, on_device = loader(config.seed + epoch + 1)
+        start = time.perf_counter()
+        loss = train_one_epoch(fabric, fabric_model, optimizer, epoch_loader, on_device, memory,
+                               assignments.to(fabric.device), model.prototypes, config,
+                               epoch * len(epoch_loader), desc=f"epoch {epoch + 1}/{config.epochs}")
+        train_seconds = time.perf_counter() - start
+        lr = optimizer.param_groups[0]["lr"]
+        previous = assignments
+        checkpoint_path = _save(checkpoint_path, model, optimizer, config, epoch + 1, memory,
+                                assignments)
+
+    for logger in fabric.loggers:
+        logger.finalize("success")
+    if progress:
+        console.print(history_table(history))
+    return PretrainResult(checkpoint_path, history, assignments[0].cpu().numpy())
+
+
+def _row(epoch: int, loss: float, previous: torch.Tensor | None, assignments: torch.Tensor,
+         labels: np.ndarray | None, lr: float, cluster_seconds: float, train_seconds: float
+         ) -> dict[str, Any]:
+    """The same columns as v1's rows, for the first prototype set's clustering."""
+    ids = assignments[0].cpu().numpy()
+    sizes = np.bincount(ids, minlength=int(assignments.max()) + 1)
+    return {
+        "epoch": epoch,
+        "loss": loss,
+        "nmi_previous": float("nan") if previous is None else nmi(previous[0].cpu().numpy(), ids),
+        "nmi_labels": float("nan") if labels is None else nmi(labels, ids),
+        "empty_clusters": int((sizes == 0).sum()),
+        "smallest_cluster": int(sizes[sizes > 0].min()),
+        "largest_cluster": int(sizes.max()),
+        "lr": lr,
+        "extract_s": 0.0,  # no extraction pass: the memory bank comes from training
+        "cluster_s": cluster_seconds,
+        "train_s": train_seconds,
+    }
+
+
+def _log(fabric: Fabric, history: list, out: Path, assignments: torch.Tensor,
+         row: dict[str, Any]) -> None:
+    from .pretrain import _format_row
+
+    history.append(row)
+    save_npy(assignments[0].cpu().numpy().astype(np.int32),
+             out / "assignments" / f"epoch_{row['epoch']:03d}.npy")
+    fabric.log_dict({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+    for logger in fabric.loggers:
+        logger.save()
+    if fabric.is_global_zero:
+        console.print(_format_row(row))
+
+
+def _save(path: Path, model: DeepClusterV2Model, optimizer, config: PretrainConfig, epoch: int,
+          memory: torch.Tensor, assignments: torch.Tensor) -> Path:
+    return save_epoch_checkpoint({
+        "config": config.to_dict(),
+        "epoch": epoch,
+        "backbone": model.backbone.state_dict(),
+        "projector": model.projector.state_dict(),
+        "prototypes": model.prototypes,
+        "optimizer": optimizer.state_dict(),
+        "memory": memory,
+        "assignments": assignments.cpu(),
+        "rng": torch.get_rng_state(),
+    }, path, config.keep_every)
