@@ -89,7 +89,8 @@ def run_row(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         if not checkpoint.exists() or load_checkpoint(checkpoint)["epoch"] < config.epochs:
             pretrain(config, progress=False)
         backbone, _ = backbone_from_checkpoint(checkpoint)
-        nmi_labels = last_nmi(out / "pretrain" / "metrics.csv")
+        nmi = nmi_by_epoch(out / "pretrain" / "metrics.csv")
+        nmi_labels = nmi[max(nmi)]
     seconds = time.perf_counter() - start
 
     knn, linear = evaluate_backbone(backbone, config.image_size)
@@ -112,11 +113,11 @@ def evaluate_backbone(backbone, image_size: int) -> tuple[float, float]:
     return knn_top1(*train, *test), avgpool_probe_top1(train, test)
 
 
-def last_nmi(metrics_csv: Path) -> float:
-    """NMI with the labels of the run's last clustering, from its metrics log."""
+def nmi_by_epoch(metrics_csv: Path) -> dict[int, float]:
+    """NMI with the labels of each epoch's clustering, from a run's metrics log."""
     with open(metrics_csv) as handle:
-        rows = [r for r in csv.DictReader(handle) if r.get("nmi_labels")]
-    return float(rows[-1]["nmi_labels"])
+        return {int(r["step"]): float(r["nmi_labels"]) for r in csv.DictReader(handle)
+                if r.get("nmi_labels")}
 
 
 def avgpool_probe_top1(train: tuple, test: tuple) -> float:

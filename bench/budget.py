@@ -14,7 +14,6 @@ Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ablation import evaluate_backbone  # bench/ablation.py, beside this script
+from ablation import evaluate_backbone, nmi_by_epoch  # bench/ablation.py, beside this script
 from deepcluster.checkpoint import backbone_from_checkpoint, load_checkpoint, save_json
 from deepcluster.config import PretrainConfig, get_preset
 from deepcluster.pretrain import pretrain
@@ -66,9 +65,7 @@ def main() -> None:
         save_json({p.name: p.stat().st_mtime - start for p in sorted(checkpoints.glob("epoch_*.ckpt"))},
                   timing_file)
     times = json.loads(timing_file.read_text())
-    with open(out / "pretrain" / "metrics.csv") as handle:
-        nmi = {int(r["step"]): float(r["nmi_labels"]) for r in csv.DictReader(handle)
-               if r.get("nmi_labels")}
+    nmi = nmi_by_epoch(out / "pretrain" / "metrics.csv")
     rows = []
     for minutes in (float(m) for m in args.minutes.split(",")):
         within = [name for name, seconds in times.items() if seconds <= minutes * 60]

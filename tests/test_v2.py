@@ -11,8 +11,9 @@ from deepcluster.config import PretrainConfig
 from deepcluster.models import build_backbone
 from deepcluster.pretrain import pretrain
 from deepcluster.transforms import MultiCrop, _ToFloatRGB, extraction_pipeline, multicrop_pipeline
-from deepcluster.v2 import (DeepClusterV2Model, Indexed, cluster_memory, scheduled_lr,
-                            spherical_kmeans, train_one_epoch)
+from deepcluster.pretrain import PseudoLabelled
+from deepcluster.v2 import (DeepClusterV2Model, cluster_memory, scheduled_lr, spherical_kmeans,
+                            train_one_epoch)
 
 SMALL = dict(method="deepcluster-v2", data="fashion-mnist", subset=400, arch="small-cnn", k=20,
              batch_size=100, lr=0.05, warmup_epochs=0.5, lr_schedule="cosine",
@@ -75,7 +76,8 @@ def test_the_memory_bank_is_filled_from_the_training_pass_in_dataset_order(fashi
     generator = torch.Generator().manual_seed(0)
     # One shuffled batch holding every image: BatchNorm's batch statistics do not depend on the
     # order, so each image's embedding is the same as in a dataset-order pass.
-    loader = DataLoader(Indexed(images.with_transform(extraction.sample)), batch_size=64,
+    indexed = PseudoLabelled(images.with_transform(extraction.sample), np.arange(64))
+    loader = DataLoader(indexed, batch_size=64,
                         shuffle=True, generator=generator)
     assert next(iter(loader))[1].tolist() != list(range(64))
     train_one_epoch(fabric, model, None, loader, views, memory, None, None,

@@ -26,12 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.fabric import Fabric
-from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from .checkpoint import load_checkpoint, save_epoch_checkpoint, save_npy
-from .clustering import check_k, nmi
+from .checkpoint import load_checkpoint, save_epoch_checkpoint
+from .clustering import ClusteringResult, check_k
 from .config import PretrainConfig
 from .data import ArrayImageDataset, load_dataset
 from .features import split_batch_transform
@@ -66,24 +65,6 @@ class DeepClusterV2Model(nn.Module):
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         return self.embed(views)
-
-
-class Indexed(Dataset):
-    """The training images with their dataset index as the target (the memory bank's row)."""
-
-    def __init__(self, images: Dataset):
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int):
-        return self.images[index][0], index
-
-    def __getitems__(self, indices: list[int]) -> list[tuple]:
-        fetch = getattr(self.images, "__getitems__", None)
-        samples = fetch(indices) if fetch else [self.images[i] for i in indices]
-        return [(image, i) for (image, _), i in zip(samples, indices)]
 
 
 @torch.no_grad()
@@ -177,13 +158,11 @@ def train_one_epoch(fabric: Fabric, model: nn.Module, optimizer: torch.optim.Opt
 
 def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progress: bool = True):
     """Run DeepCluster-v2 with ``config``; same outputs as v1's ``pretrain``."""
-    from .pretrain import PretrainResult, _check_resumable, history_table
+    from .pretrain import (PretrainResult, PseudoLabelled, _check_resumable, _epoch_row, _log,
+                           _make_fabric, history_table)
 
     out = Path(config.out)
-    fabric = Fabric(accelerator=config.accelerator, devices=config.devices,
-                    precision=config.precision,
-                    loggers=[CSVLogger(out, name="", version=""),
-                             TensorBoardLogger(out, name="tensorboard", version="")])
+    fabric = _make_fabric(config, out)
     if fabric.world_size > 1:
         raise NotImplementedError("DeepCluster-v2 runs on one process for now; use --devices 1")
     if config.threads:
@@ -205,7 +184,8 @@ def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progre
     if config.channels_last:
         batch_transform = nn.Sequential(batch_transform, PerView(ChannelsLast()))
     batch_transform.to(fabric.device)
-    train_set = Indexed(images.with_transform(pipeline.sample))
+    # Each image's target is its own index: the memory bank's row.
+    train_set = PseudoLabelled(images.with_transform(pipeline.sample), np.arange(len(images)))
 
     model = DeepClusterV2Model(build_backbone(config.arch, config.sobel), config.projection_hidden,
                                config.projection_dim, config.prototype_sets, config.k)
@@ -247,7 +227,7 @@ def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progre
                         config, 0, desc="fill memory")
         train_seconds = time.perf_counter() - start
     else:
-        previous = state["assignments"]
+        previous = state["assignments"][0].numpy()
 
     # Row e: the training pass of epoch e (none for e = 0: the initial fill) and the clustering
     # of the memory bank it filled, whose prototypes and ids epoch e + 1 trains on.
@@ -255,11 +235,13 @@ def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progre
         start = time.perf_counter()
         assignments, prototypes = cluster_memory(memory, config.k, config.prototype_sets,
                                                  config.kmeans_iters, config.seed + epoch)
-        cluster_seconds = time.perf_counter() - start
+        # The first prototype set's clustering stands for the epoch in the log (v1's columns;
+        # no extraction pass, so extract_s is 0).
+        clustering = ClusteringResult(assignments[0].cpu().numpy(), prototypes[0].cpu().numpy(),
+                                      float("nan"), time.perf_counter() - start)
         if resume is None or epoch > start_epoch:  # a resumed run logged its last row already
-            _log(fabric, history, out, assignments,
-                 _row(epoch, loss, previous, assignments, labels, lr, cluster_seconds,
-                      train_seconds))
+            row = _epoch_row(epoch, loss, clustering, previous, labels, 0.0, train_seconds, lr)
+            _log(fabric, row, history, out, clustering.assignments)
         if epoch == config.epochs:
             break
         model.prototypes.copy_(prototypes)
@@ -271,7 +253,7 @@ def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progre
                                epoch * len(epoch_loader), desc=f"epoch {epoch + 1}/{config.epochs}")
         train_seconds = time.perf_counter() - start
         lr = optimizer.param_groups[0]["lr"]
-        previous = assignments
+        previous = clustering.assignments
         checkpoint_path = _save(checkpoint_path, model, optimizer, config, epoch + 1, memory,
                                 assignments)
 
@@ -279,42 +261,7 @@ def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progre
         logger.finalize("success")
     if progress:
         console.print(history_table(history))
-    return PretrainResult(checkpoint_path, history, assignments[0].cpu().numpy())
-
-
-def _row(epoch: int, loss: float, previous: torch.Tensor | None, assignments: torch.Tensor,
-         labels: np.ndarray | None, lr: float, cluster_seconds: float, train_seconds: float
-         ) -> dict[str, Any]:
-    """The same columns as v1's rows, for the first prototype set's clustering."""
-    ids = assignments[0].cpu().numpy()
-    sizes = np.bincount(ids, minlength=int(assignments.max()) + 1)
-    return {
-        "epoch": epoch,
-        "loss": loss,
-        "nmi_previous": float("nan") if previous is None else nmi(previous[0].cpu().numpy(), ids),
-        "nmi_labels": float("nan") if labels is None else nmi(labels, ids),
-        "empty_clusters": int((sizes == 0).sum()),
-        "smallest_cluster": int(sizes[sizes > 0].min()),
-        "largest_cluster": int(sizes.max()),
-        "lr": lr,
-        "extract_s": 0.0,  # no extraction pass: the memory bank comes from training
-        "cluster_s": cluster_seconds,
-        "train_s": train_seconds,
-    }
-
-
-def _log(fabric: Fabric, history: list, out: Path, assignments: torch.Tensor,
-         row: dict[str, Any]) -> None:
-    from .pretrain import _format_row
-
-    history.append(row)
-    save_npy(assignments[0].cpu().numpy().astype(np.int32),
-             out / "assignments" / f"epoch_{row['epoch']:03d}.npy")
-    fabric.log_dict({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
-    for logger in fabric.loggers:
-        logger.save()
-    if fabric.is_global_zero:
-        console.print(_format_row(row))
+    return PretrainResult(checkpoint_path, history, clustering.assignments)
 
 
 def _save(path: Path, model: DeepClusterV2Model, optimizer, config: PretrainConfig, epoch: int,
