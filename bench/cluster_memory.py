@@ -60,7 +60,7 @@ def child(mode: str, n: int) -> dict:
         if mode == "streaming":
             whitened = extract_whitened(network, data, PCA_DIM, batch_size=512, progress=False,
                                         batch_transform=pipeline.batch)
-            return cluster_whitened(whitened, K, seed=0)
+            return cluster_whitened(whitened, K, seed=0, copy=False)
         features, _ = extract_global(network, data, 512, progress=False,
                                      batch_transform=pipeline.batch)
         return cluster_features(features, K, PCA_DIM, seed=0)

@@ -94,3 +94,42 @@ def test_empty_clusters_take_half_of_the_largest():
     x = torch.cat([torch.zeros(50, 4), torch.ones(50, 4), torch.randn(20, 4)])
     assignments, _, _ = torch_kmeans(x, 8, iterations=10, seed=0)
     assert torch.bincount(assignments, minlength=8).min() >= 1
+
+
+def test_both_backends_from_the_same_initial_centroids_give_the_same_clustering(digits):
+    import torch
+
+    from deepcluster.clustering import initial_centroids
+
+    features, _ = digits
+    x = l2_normalise(pca_whiten(features, 32))
+    init = initial_centroids(torch.from_numpy(x), 10, seed=4).numpy()
+    by_faiss = kmeans(x, 10, iterations=15, backend="faiss", init=init)
+    by_torch = kmeans(x, 10, iterations=15, backend="torch", init=init)
+    assert np.bincount(by_torch[0], minlength=10).min() > 0  # no split: the same Lloyd's steps
+    np.testing.assert_array_equal(by_torch[0], by_faiss[0])
+    np.testing.assert_allclose(by_torch[1], by_faiss[1], atol=1e-5)
+    assert by_torch[2] == pytest.approx(by_faiss[2], rel=1e-5)
+    with pytest.raises(ValueError, match=r"init has shape \(10, 32\); expected \(k, d\) = \(12, 32\)"):
+        kmeans(x, 12, backend="torch", init=init)
+
+
+def test_torch_kmeans_on_several_cpu_threads_equals_one_thread(digits):
+    import torch
+
+    from deepcluster.clustering import torch_kmeans
+
+    features, _ = digits
+    x = torch.from_numpy(l2_normalise(pca_whiten(features, 32)))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch_kmeans(x, 40, iterations=10, seed=0, chunk=100)
+        torch.set_num_threads(3)  # three workers, each with its own chunks and partial sums
+        three = torch_kmeans(x, 40, iterations=10, seed=0, chunk=100)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+    torch.testing.assert_close(three[0], one[0], rtol=0, atol=0)
+    torch.testing.assert_close(three[1], one[1], rtol=1e-5, atol=1e-6)
+    assert three[2] == pytest.approx(one[2], rel=1e-5)

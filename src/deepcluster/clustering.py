@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,22 +73,32 @@ def pca_whiten(features: np.ndarray, dim: int) -> np.ndarray:
     return pca.fit_transform(features.astype(np.float32, copy=False)).astype(np.float32)
 
 
-def l2_normalise(x: np.ndarray, eps: float = 1e-10) -> np.ndarray:
-    return x / (np.linalg.norm(x, axis=1, keepdims=True) + eps)
+def l2_normalise(x: np.ndarray, eps: float = 1e-10, copy: bool = True) -> np.ndarray:
+    """Rows scaled to unit L2 norm; with ``copy=False``, in place (no second N x D array)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))  # no N x D temporary, unlike np.linalg.norm
+    norms += eps
+    out = np.array(x, dtype=np.result_type(x.dtype, np.float32)) if copy else x
+    out /= norms[:, None].astype(out.dtype, copy=False)
+    return out
 
 
 def kmeans(x: np.ndarray, k: int, iterations: int = 20, seed: int = 0,
-           backend: str = "faiss", distributed: bool | None = None
-           ) -> tuple[np.ndarray, np.ndarray, float]:
+           backend: str = "faiss", distributed: bool | None = None,
+           init: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """k-means on all points; returns (assignments, centroids, inertia).
 
     Each point is assigned to its nearest final centroid. ``distributed`` is passed to
-    ``torch_kmeans`` (False: cluster ``x`` alone even under torch.distributed).
+    ``torch_kmeans`` (False: cluster ``x`` alone even under torch.distributed). ``init``: the
+    k initial centroids (default: each backend draws k distinct points with ``seed``); given the
+    same ``init``, both backends run the same Lloyd's iterations.
     """
+    if init is not None and np.shape(init) != (k, np.shape(x)[1]):
+        raise ValueError(f"init has shape {np.shape(init)}; expected (k, d) = ({k}, {np.shape(x)[1]})")
     if backend == "torch":
-        assignments, centroids, inertia = torch_kmeans(torch.from_numpy(np.asarray(x, np.float32)),
-                                                       k, iterations, seed,
-                                                       distributed=distributed)
+        assignments, centroids, inertia = torch_kmeans(
+            torch.from_numpy(np.asarray(x, np.float32)), k, iterations, seed,
+            distributed=distributed,
+            init=None if init is None else torch.from_numpy(np.asarray(init, np.float32)))
         return assignments.numpy(), centroids.numpy(), inertia
     if backend != "faiss":
         raise ValueError(f"k-means backend {backend!r} is not one of {', '.join(KMEANS_BACKENDS)}")
@@ -95,27 +108,121 @@ def kmeans(x: np.ndarray, k: int, iterations: int = 20, seed: int = 0,
     clustering = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, verbose=False,
                               max_points_per_centroid=ALL_POINTS_PER_CENTROID,
                               min_points_per_centroid=1, early_stop_threshold=-1.0)
-    clustering.train(x)
+    clustering.train(x, init_centroids=None if init is None
+                     else np.ascontiguousarray(init, dtype=np.float32))
     distances, ids = clustering.index.search(x, 1)
     return ids[:, 0].astype(np.int64), clustering.centroids.copy(), float(distances.sum())
 
 
-def _nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centroid and squared distance of every row, by matrix products in chunks."""
-    centroid_norms = (centroids * centroids).sum(dim=1).unsqueeze(0)
-    ids, distances = [], []
-    for part in x.split(chunk):
-        # ||x - c||^2 without the ||x||^2 term, in one fused product: ||c||^2 - 2 x.c
-        scores = torch.addmm(centroid_norms, part, centroids.T, alpha=-2.0)
-        best, index = scores.min(dim=1)
-        ids.append(index)
-        distances.append((best + (part * part).sum(dim=1)).clamp_min_(0.0))
-    return torch.cat(ids), torch.cat(distances)
+def _matmul_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``out = a @ b``. On the CPU the product goes through NumPy's BLAS (OpenBLAS in NumPy's
+    wheels), which ran float32 products about 2x faster than torch's own (MKL) on the AMD CPU
+    of docs/bench.md; elsewhere it is torch.mm."""
+    if out.device.type == "cpu" and out.dtype in (torch.float32, torch.float64):
+        np.matmul(a.numpy(), b.numpy(), out=out.numpy())
+    else:
+        torch.mm(a, b, out=out)
+
+
+def _argmin_into(out: torch.Tensor, scores: torch.Tensor) -> None:
+    """``out = scores.argmin(dim=1)`` (NumPy's vectorised argmin on the CPU: about 5x torch's)."""
+    if scores.device.type == "cpu":
+        np.argmin(scores.numpy(), axis=1, out=out.numpy())
+    else:
+        torch.argmin(scores, dim=1, out=out)
+
+
+@dataclass
+class _Assignment:
+    """What one pass over the points fills in: the nearest centroid of every point, optionally
+    ``||c||^2 - 2 x.c`` for it (the squared distance less ``||x||^2``), and optionally the sum
+    of the points of each cluster."""
+    ids: torch.Tensor
+    best: torch.Tensor | None = None
+    sums: torch.Tensor | None = None
+
+
+def _assign_chunks(x: torch.Tensor, starts: list[int], chunk: int, minus_twice: torch.Tensor,
+                   norms: torch.Tensor, out: _Assignment, sums: torch.Tensor | None) -> None:
+    """Assign the chunks of ``chunk`` rows of ``x`` that begin at ``starts``: scores by one
+    matrix product per chunk into a reused buffer, then the nearest centroid; each chunk is added
+    into ``sums`` while it is in cache."""
+    buffer = torch.empty(min(chunk, len(x)), minus_twice.shape[1], dtype=x.dtype, device=x.device)
+    for start in starts:
+        part, rows = x[start:start + chunk], slice(start, start + chunk)
+        scores = buffer[:len(part)]
+        _matmul_into(scores, part, minus_twice)
+        scores.add_(norms)
+        _argmin_into(out.ids[rows], scores)
+        if out.best is not None:
+            out.best[rows] = scores.gather(1, out.ids[rows, None])[:, 0]
+        if sums is not None:
+            sums.index_add_(0, out.ids[rows], part)
+
+
+@dataclass
+class _Workers:
+    """Who runs the chunks: the calling thread alone (``pool`` None), or ``count`` threads."""
+    pool: ThreadPoolExecutor | None = None
+    count: int = 1
+
+    def run(self, function: Callable, jobs: list) -> None:
+        list(map(function, jobs) if self.pool is None else self.pool.map(function, jobs))
+
+
+def _nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int, workers: _Workers,
+             with_sums: bool = False, with_best: bool = False) -> _Assignment:
+    """Nearest centroid of every row of ``x``, by matrix products in chunks dealt round-robin to
+    the workers, each with its own score buffer and partial sums."""
+    minus_twice = (-2.0 * centroids).T.contiguous()
+    norms = (centroids * centroids).sum(dim=1)
+    out = _Assignment(torch.empty(len(x), dtype=torch.int64, device=x.device),
+                      torch.empty(len(x), dtype=x.dtype, device=x.device) if with_best else None)
+    starts = list(range(0, len(x), chunk))
+    partial_sums = [torch.zeros_like(centroids) if with_sums else None
+                    for _ in range(workers.count)]
+    jobs = [(starts[w::workers.count], partial_sums[w]) for w in range(workers.count)]
+    workers.run(lambda job: _assign_chunks(x, job[0], chunk, minus_twice, norms, out, job[1]),
+                jobs)
+    if with_sums:
+        out.sums = torch.stack(partial_sums).sum(dim=0)
+    return out
+
+
+def _default_chunk(device: torch.device, k: int) -> int:
+    """Rows per matrix product. CPU: 2048 was fastest on the benchmark CPU (a chunk's scores stay
+    in cache for the argmin), fewer for large k (at most 64 MiB of scores). GPU: up to 1 GiB of
+    scores per product, so that each launch has work enough."""
+    if device.type == "cpu":
+        return max(256, min(2048, (1 << 24) // k))
+    return max(1024, (1 << 28) // k)
+
+
+@contextmanager
+def _cpu_workers(device: torch.device) -> Iterator[_Workers]:
+    """On the CPU, a pool of torch.get_num_threads() Python threads with BLAS and torch held to
+    one thread each while it lives: each worker runs whole chunks on one core. Letting BLAS's
+    and torch's thread pools take turns instead made k-means about 5x slower on 2 cores (each
+    pool busy-waits on the cores for a while after its work, starving the other)."""
+    if device.type != "cpu":
+        yield _Workers()
+        return
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+            yield _Workers(pool, threads)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _split_largest(centroids: torch.Tensor, counts: torch.Tensor) -> None:
-    """Give each empty cluster half of the largest one, as faiss does: copy its centroid and push
-    the two copies apart by a relative 1/1024 in alternating dimensions."""
+    """Give each empty cluster half of the largest one: copy its centroid and push the two
+    copies apart by a relative 1/1024 in alternating dimensions. faiss does the same, except that
+    it splits a cluster drawn at random with probability growing with its size, so the two
+    backends part ways at the first empty cluster."""
     eps = 1.0 / 1024.0
     sign = torch.ones(centroids.shape[1], dtype=centroids.dtype, device=centroids.device)
     sign[1::2] = -1.0
@@ -127,13 +234,14 @@ def _split_largest(centroids: torch.Tensor, counts: torch.Tensor) -> None:
         counts[largest] -= counts[empty]
 
 
-def _initial_centroids(x: torch.Tensor, k: int, generator: torch.Generator,
-                       distributed: bool) -> torch.Tensor:
-    """k distinct points drawn with ``generator``. Under torch.distributed the draw is over the
+def initial_centroids(x: torch.Tensor, k: int, seed: int = 0,
+                      distributed: bool = False) -> torch.Tensor:
+    """k distinct points of ``x``, drawn with ``seed``. Under torch.distributed the draw is over the
     concatenation of every process's shard (in rank order), each process fills in the points it
     holds and a sum all-reduce completes them: the same centroids as one process drawing from the
     concatenated data (and not only from rank 0's shard, which may hold only some classes when
-    the dataset is sorted by class)."""
+    the dataset is sorted by class). Both backends start from these when given the same seed."""
+    generator = torch.Generator().manual_seed(seed)
     if not distributed:
         init = torch.randperm(len(x), generator=generator)[:k].to(x.device)
         return x[init].clone()
@@ -151,8 +259,8 @@ def _initial_centroids(x: torch.Tensor, k: int, generator: torch.Generator,
 
 
 def torch_kmeans(x: torch.Tensor, k: int, iterations: int = 20, seed: int = 0,
-                 chunk: int | None = None, distributed: bool | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, float]:
+                 chunk: int | None = None, distributed: bool | None = None,
+                 init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Lloyd's k-means in torch on ``x``'s device; returns (assignments, centroids, inertia).
 
     Under torch.distributed (``distributed`` None: whenever it is initialised with several
@@ -160,28 +268,32 @@ def torch_kmeans(x: torch.Tensor, k: int, iterations: int = 20, seed: int = 0,
     own points: the initial centroids are drawn from all the shards as one process would draw
     them from their concatenation, and the per-cluster sums and counts are all-reduced every
     iteration, so every process ends with the same centroids. The collectives need ``x`` on the
-    backend's device (the GPU under NCCL).
+    backend's device (the GPU under NCCL). ``init``: the initial centroids (default: see
+    ``initial_centroids``).
     """
     if distributed is None:
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    chunk = chunk or max(1024, (1 << 24) // k)  # 64 MiB of float32 scores per chunk
-    generator = torch.Generator().manual_seed(seed)
-    centroids = _initial_centroids(x, k, generator, distributed)
-    for _ in range(iterations):
-        assignments, _ = _nearest(x, centroids, chunk)
-        sums = torch.zeros_like(centroids).index_add_(0, assignments, x)
-        counts = torch.bincount(assignments, minlength=k).to(x.dtype)
-        if distributed:
-            dist.all_reduce(sums)
-            dist.all_reduce(counts)
-        non_empty = counts > 0
-        centroids[non_empty] = sums[non_empty] / counts[non_empty, None]
-        _split_largest(centroids, counts)
-    assignments, distances = _nearest(x, centroids, chunk)
-    inertia = distances.sum()
+    chunk = chunk or _default_chunk(x.device, k)
+    x = x.contiguous()
+    if init is None:
+        centroids = initial_centroids(x, k, seed, distributed)
+    else:
+        centroids = init.to(device=x.device, dtype=x.dtype, copy=True)
+    with _cpu_workers(x.device) as workers:
+        for _ in range(iterations):
+            step = _nearest(x, centroids, chunk, workers, with_sums=True)
+            counts = torch.bincount(step.ids, minlength=k).to(x.dtype)
+            if distributed:
+                dist.all_reduce(step.sums)
+                dist.all_reduce(counts)
+            non_empty = counts > 0
+            centroids[non_empty] = step.sums[non_empty] / counts[non_empty, None]
+            _split_largest(centroids, counts)
+        final = _nearest(x, centroids, chunk, workers, with_best=True)
+    inertia = (final.best + (x * x).sum(dim=1)).clamp_min_(0.0).sum()
     if distributed:
         dist.all_reduce(inertia)
-    return assignments, centroids, float(inertia)
+    return final.ids, centroids, float(inertia)
 
 
 def cluster_features(features: np.ndarray, k: int, pca_dim: int = 256, iterations: int = 20,
@@ -192,19 +304,21 @@ def cluster_features(features: np.ndarray, k: int, pca_dim: int = 256, iteration
     start = time.perf_counter()
     pca_dim = check_cluster_params(len(features), features.shape[1], k, pca_dim)
     result = cluster_whitened(pca_whiten(features, pca_dim), k, iterations, seed, backend,
-                              distributed)
+                              distributed, copy=False)
     result.seconds = time.perf_counter() - start
     return result
 
 
 def cluster_whitened(whitened: np.ndarray, k: int, iterations: int = 20, seed: int = 0,
-                     backend: str = "faiss", distributed: bool | None = None) -> ClusteringResult:
+                     backend: str = "faiss", distributed: bool | None = None,
+                     copy: bool = True) -> ClusteringResult:
     """L2-normalise already PCA-whitened features and k-means them into ``k`` clusters
-    (``distributed``: see ``kmeans``)."""
+    (``distributed``: see ``kmeans``). ``copy=False`` normalises ``whitened`` in place, so that
+    the step holds one N x pca_dim matrix, not two."""
     start = time.perf_counter()
     check_k(len(whitened), k)
-    assignments, centroids, inertia = kmeans(l2_normalise(whitened), k, iterations, seed, backend,
-                                             distributed)
+    assignments, centroids, inertia = kmeans(l2_normalise(whitened, copy=copy), k, iterations,
+                                             seed, backend, distributed)
     return ClusteringResult(assignments, centroids, inertia, time.perf_counter() - start)
 
 
