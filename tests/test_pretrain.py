@@ -92,3 +92,24 @@ def test_batch_transforms_in_loader_workers_give_the_same_run(tmp_path):
     in_workers = run(tmp_path, "workers1", epochs=1, augmentation="none", workers=1)
     np.testing.assert_array_equal(in_main.assignments, in_workers.assignments)
     assert in_main.history[-1]["loss"] == pytest.approx(in_workers.history[-1]["loss"], rel=1e-5)
+
+
+def _has_cpp_compiler() -> bool:
+    import shutil
+
+    return shutil.which("g++") is not None or shutil.which("c++") is not None
+
+
+@pytest.mark.skipif(not _has_cpp_compiler(), reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_backbone_trains_as_the_eager_one(tmp_path):
+    # Deterministic (no augmentation, 32-bit): the compiled kernels may round differently, but the
+    # first clustering and the first epoch's loss agree, and the checkpoint keys are the eager ones.
+    options = dict(subset=128, k=8, epochs=1, batch_size=64, extract_batch_size=128,
+                   augmentation="none")
+    eager = run(tmp_path, "eager", **options)
+    compiled = run(tmp_path, "compiled", compile=True, **options)
+    assert compiled.history[0]["nmi_labels"] == pytest.approx(eager.history[0]["nmi_labels"],
+                                                              abs=0.02)
+    assert compiled.history[-1]["loss"] == pytest.approx(eager.history[-1]["loss"], rel=0.02)
+    eager_keys = set(load_checkpoint(eager.checkpoint)["backbone"])
+    assert set(load_checkpoint(compiled.checkpoint)["backbone"]) == eager_keys

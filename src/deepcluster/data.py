@@ -228,15 +228,27 @@ class ImageFileDataset(ImageDataset):
         self.transform = transform
         self.name = name
         self.skipped: list[Path] = []
+        self.encoded = False
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def as_encoded(self) -> "ImageFileDataset":
+        """A shallow copy whose items are (the file's bytes as a 1-D uint8 tensor, label), for
+        decoding on the device (``device_decode``); no transform is applied."""
+        copied = copy.copy(self)
+        copied.encoded, copied.transform = True, None
+        return copied
+
     def __getitem__(self, index: int):
+        label = -1 if self.targets is None else int(self.targets[index])
+        if self.encoded:
+            from .device_decode import read_encoded
+
+            return read_encoded(self.paths[index]), label
         image = read_image(self.paths[index])
         if self.transform is not None:
             image = self.transform(image)
-        label = -1 if self.targets is None else int(self.targets[index])
         return image, label
 
     def _keep(self, index) -> None:

@@ -111,22 +111,24 @@ class TransformingCollate:
     """Collate a batch, then apply a batch transform: runs the batched augmentation inside the
     loader's worker processes, in parallel with the model step, when the model is on the CPU."""
 
-    def __init__(self, batch_transform: nn.Module):
+    def __init__(self, batch_transform: nn.Module, collate: Callable | None = None):
         self.batch_transform = batch_transform
+        self.collate = collate or default_collate
 
     def __call__(self, samples: list) -> tuple[torch.Tensor, torch.Tensor]:
-        images, targets = default_collate(samples)
+        images, targets = self.collate(samples)
         with torch.no_grad():
             return self.batch_transform(images), targets
 
 
-def split_batch_transform(batch_transform: nn.Module, workers: int, device: torch.device
-                          ) -> tuple[Callable | None, nn.Module]:
+def split_batch_transform(batch_transform: nn.Module, workers: int, device: torch.device,
+                          collate: Callable | None = None) -> tuple[Callable | None, nn.Module]:
     """Where a batch transform runs: ``(collate_fn, on_device)``. On the CPU with loader workers it
-    goes into the workers' collate; otherwise it runs on the device after the batch arrives."""
+    goes into the workers' collate; otherwise it runs on the device after the batch arrives.
+    ``collate``: how samples become a batch (default: torch's default_collate)."""
     if workers > 0 and device.type == "cpu":
-        return TransformingCollate(batch_transform), nn.Identity()
-    return None, batch_transform
+        return TransformingCollate(batch_transform, collate), nn.Identity()
+    return collate, batch_transform
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, **kwargs) -> DataLoader:
@@ -171,29 +173,32 @@ def _eval_mode(module: nn.Module):
 
 
 def _global_pass(backbone: Backbone, dataset: Dataset, batch_size: int, workers: int,
-                 device: torch.device, batch_transform: nn.Module | None
-                 ) -> tuple[nn.Module, DataLoader]:
+                 device: torch.device, batch_transform: nn.Module | None,
+                 collate: Callable | None = None) -> tuple[nn.Module, DataLoader]:
     """The function and loader of a pass with the backbone's global feature; the batch transform
     runs in the loader workers (CPU) or on the device (``split_batch_transform``)."""
-    collate_fn, on_device = split_batch_transform(batch_transform or nn.Identity(), workers, device)
+    collate_fn, on_device = split_batch_transform(batch_transform or nn.Identity(), workers, device,
+                                                  collate)
     loader = make_loader(dataset, batch_size, workers, collate_fn=collate_fn)
     return nn.Sequential(on_device, backbone), loader
 
 
 def extract_global(backbone: Backbone, dataset: Dataset, batch_size: int = 256, workers: int = 0,
                    device: torch.device | str = "cpu", progress: bool = True,
-                   batch_transform: nn.Module | None = None,
-                   shard: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                   batch_transform: nn.Module | None = None, shard: bool = False,
+                   collate: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The backbone's global feature (what DeepCluster clusters) for every image, in eval mode.
 
     ``batch_transform`` runs on each batch before the backbone (the batched extraction pipeline).
     With ``shard`` under torch.distributed, only this process's contiguous shard of ``dataset``
-    is extracted and returned (``shard_range``; ``gather_rows`` joins the shards).
+    is extracted and returned (``shard_range``; ``gather_rows`` joins the shards). ``collate``:
+    how the loader makes batches (e.g. ``device_decode.collate_encoded``).
     """
     device = torch.device(device)
     if shard:
         dataset = dataset_shard(dataset)
-    fn, loader = _global_pass(backbone, dataset, batch_size, workers, device, batch_transform)
+    fn, loader = _global_pass(backbone, dataset, batch_size, workers, device, batch_transform,
+                              collate)
     with _eval_mode(backbone):
         return extract(fn, loader, device, progress=progress)
 
@@ -202,7 +207,8 @@ def extract_global(backbone: Backbone, dataset: Dataset, batch_size: int = 256, 
 def extract_whitened(backbone: Backbone, dataset: Dataset, pca_dim: int, batch_size: int = 256,
                      workers: int = 0, device: torch.device | str = "cpu", progress: bool = True,
                      batch_transform: nn.Module | None = None,
-                     spill_dir: str | os.PathLike | None = None, shard: bool = False) -> np.ndarray:
+                     spill_dir: str | os.PathLike | None = None, shard: bool = False,
+                     collate: Callable | None = None) -> np.ndarray:
     """The backbone's global feature of every image, PCA-whitened to ``pca_dim`` (N x pca_dim,
     float32), without the N x D matrix in memory.
 
@@ -217,7 +223,8 @@ def extract_whitened(backbone: Backbone, dataset: Dataset, pca_dim: int, batch_s
     device = torch.device(device)
     if shard:
         dataset = dataset_shard(dataset)
-    fn, loader = _global_pass(backbone, dataset, batch_size, workers, device, batch_transform)
+    fn, loader = _global_pass(backbone, dataset, batch_size, workers, device, batch_transform,
+                              collate)
     pca = StreamingPCA(pca_dim)
     # Under a bf16/fp16 autocast (the training precision) only the network runs in it.
     full_precision = torch.autocast(device.type, enabled=False)

@@ -34,7 +34,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -49,13 +49,15 @@ from .checkpoint import load_checkpoint, save_epoch_checkpoint, save_npy
 from .clustering import (ClusteringResult, check_k, cluster_features, cluster_whitened,
                          l2_normalise, nmi, torch_kmeans)
 from .config import PretrainConfig
-from .data import ArrayImageDataset, load_dataset
+from .data import ArrayImageDataset, ImageFileDataset, load_dataset
+from .device_decode import DecodeOnDevice, collate_encoded
 from .features import (comm_device, extract_global, extract_whitened, gather_rows,
                        split_batch_transform)
 from .models import DeepClusterModel, build_backbone, reset_head
 from .report import console, progress_bar
 from .sampler import DistributedUniformClusterSampler
-from .transforms import ChannelsLast, extraction_pipeline, is_small, training_pipeline
+from .transforms import (ChannelsLast, device_decode_pipeline, extraction_pipeline, is_small,
+                         training_pipeline)
 
 # Config fields that may change when a run is resumed; any other change is refused.
 RESUMABLE_CHANGES = {"epochs", "workers", "threads", "out", "accelerator", "devices",
@@ -98,6 +100,7 @@ class TrainingData:
     eval_set: Dataset
     train_batch: nn.Module  # applied to each training batch on the device
     eval_batch: nn.Module  # applied to each extraction batch on the device
+    collate: Callable | None = None  # how samples become batches (None: torch's default)
 
     @property
     def labels(self) -> np.ndarray | None:
@@ -108,6 +111,15 @@ def load_training_data(config: PretrainConfig) -> TrainingData:
     images = load_dataset(config.data, "train", skip_unreadable=config.skip_unreadable)
     if config.subset:
         images = images.subset(config.subset)
+    if config.decode_on_device:
+        if not isinstance(images, ImageFileDataset):
+            raise ValueError(f"decode_on_device reads image files; data={config.data!r} is held "
+                             "in memory (pass a folder or list file of JPEGs)")
+        encoded = images.as_encoded()
+        train = device_decode_pipeline(config.augmentation, config.image_size)
+        extract = device_decode_pipeline(None, config.image_size)
+        return TrainingData(encoded, encoded, DecodeOnDevice(train.sample, train.batch),
+                            DecodeOnDevice(extract.sample, extract.batch), collate_encoded)
     # Small images held in memory are augmented a whole batch at a time (much faster on a CPU).
     in_memory = isinstance(images, ArrayImageDataset) and is_small(config.image_size)
     train = training_pipeline(config.augmentation, config.image_size, in_memory)
@@ -139,7 +151,7 @@ def cluster(fabric: Fabric, model: DeepClusterModel, data: TrainingData, config:
     sharded = fabric.world_size > 1  # each process extracts its contiguous shard
     options = dict(batch_size=config.extract_batch_size, workers=config.workers,
                    device=fabric.device, progress=fabric.is_global_zero,
-                   batch_transform=data.eval_batch, shard=sharded)
+                   batch_transform=data.eval_batch, shard=sharded, collate=data.collate)
     start = time.perf_counter()
     with fabric.autocast():  # the training precision (bf16-mixed: bf16 convolutions) here too
         if config.streaming_pca:
@@ -156,7 +168,7 @@ def cluster(fabric: Fabric, model: DeepClusterModel, data: TrainingData, config:
         return cluster_features(features, config.k, config.pca_dim, config.kmeans_iters, seed,
                                 config.kmeans_backend), extract_seconds
     return cluster_whitened(whitened, config.k, config.kmeans_iters, seed,
-                            config.kmeans_backend), extract_seconds
+                            config.kmeans_backend, copy=False), extract_seconds
 
 
 def _cluster_shards(fabric: Fabric, shard: np.ndarray, num: int, config: PretrainConfig,
@@ -167,7 +179,7 @@ def _cluster_shards(fabric: Fabric, shard: np.ndarray, num: int, config: Pretrai
     if config.streaming_pca and config.kmeans_backend == "torch":
         # Every process clusters its own shard (the sums and counts are all-reduced inside, so
         # every process has the same centroids), then the assignments are all-gathered.
-        x = torch.from_numpy(l2_normalise(shard)).to(comm_device())
+        x = torch.from_numpy(l2_normalise(shard, copy=False)).to(comm_device())
         local, centroids, inertia = torch_kmeans(x, config.k, config.kmeans_iters, seed,
                                                  distributed=True)
         assignments = gather_rows(local.cpu().numpy())
@@ -180,7 +192,7 @@ def _cluster_shards(fabric: Fabric, shard: np.ndarray, num: int, config: Pretrai
     if fabric.is_global_zero:
         if config.streaming_pca:
             result = cluster_whitened(gathered, config.k, config.kmeans_iters, seed,
-                                      config.kmeans_backend, distributed=False)
+                                      config.kmeans_backend, distributed=False, copy=False)
         else:
             result = cluster_features(gathered, config.k, config.pca_dim, config.kmeans_iters,
                                       seed, config.kmeans_backend, distributed=False)
@@ -251,6 +263,8 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None,
     model = DeepClusterModel(build_backbone(config.arch, config.sobel), config.k)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if config.compile:
+        model.backbone.compile()  # in place: the state_dict keys stay those of the eager model
     if world > 1 and _sync_batchnorm(fabric.device):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, config)
@@ -293,7 +307,7 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None,
         sampler = DistributedUniformClusterSampler(assignments, rank, world,
                                                    seed=config.seed + epoch)
         collate_fn, on_device = split_batch_transform(data.train_batch, config.workers,
-                                                      fabric.device)
+                                                      fabric.device, data.collate)
         loader = fabric.setup_dataloaders(
             DataLoader(PseudoLabelled(data.train_set, assignments), batch_size=local_batch,
                        sampler=sampler, num_workers=config.workers, collate_fn=collate_fn,

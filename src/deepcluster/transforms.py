@@ -130,21 +130,25 @@ def _batch_normalise(image_size: int) -> nn.Module:
     return K.Normalize(torch.tensor(mean), torch.tensor(std))
 
 
-def _batch_augmentation(name: str, image_size: int) -> list[nn.Module]:
+CROP_SCALES = {"mmselfsup": (0.08, 1.0), "original": (0.08, 1.0), "small": (0.3, 1.0),
+               "strong": STRONG_CROP_SCALE}
+
+
+def _batch_augmentation(name: str, image_size: int, crop: bool = True) -> list[nn.Module]:
+    """The augmentation ``name`` as kornia batch modules (``crop=False``: all but the random
+    resized crop, for batches already cropped per image)."""
     import kornia.augmentation as K
 
-    size = (image_size, image_size)
+    if name not in CROP_SCALES:
+        raise ValueError(f"augmentation {name!r} is not one of {', '.join(AUGMENTATIONS)}")
+    steps = [K.RandomResizedCrop((image_size, image_size), scale=CROP_SCALES[name])] if crop else []
+    steps.append(K.RandomHorizontalFlip())
     if name == "mmselfsup":
-        return [K.RandomResizedCrop(size), K.RandomHorizontalFlip(), K.RandomRotation(2.0),
-                K.ColorJitter(0.4, 0.4, 1.0, 0.5), K.RandomGrayscale(p=0.2)]
-    if name == "original":
-        return [K.RandomResizedCrop(size), K.RandomHorizontalFlip()]
-    if name == "small":
-        return [K.RandomResizedCrop(size, scale=(0.3, 1.0)), K.RandomHorizontalFlip()]
-    if name == "strong":
-        return [K.RandomResizedCrop(size, scale=STRONG_CROP_SCALE), K.RandomHorizontalFlip(),
-                K.ColorJitter(0.4, 0.4, p=0.8)]
-    raise ValueError(f"augmentation {name!r} is not one of {', '.join(AUGMENTATIONS)}")
+        steps += [K.RandomRotation(2.0), K.ColorJitter(0.4, 0.4, 1.0, 0.5),
+                  K.RandomGrayscale(p=0.2)]
+    elif name == "strong":
+        steps.append(K.ColorJitter(0.4, 0.4, p=0.8))
+    return steps
 
 
 def _uint8_tensor() -> Callable:
@@ -167,6 +171,24 @@ def extraction_pipeline(image_size: int, in_memory: bool) -> Pipeline:
         raise ValueError("the batched pipeline is for small images; use the per-image one")
     return Pipeline(_uint8_tensor(), nn.Sequential(_ToFloatRGB(image_size),
                                                    _batch_normalise(image_size)))
+
+
+def device_decode_pipeline(name: str | None, image_size: int) -> Pipeline:
+    """For images decoded on the device (``device_decode``): ``sample`` crops and resizes one
+    decoded uint8 image (they differ in size), ``batch`` does the rest on the stacked batch.
+    ``name`` None: the extraction transform; else the training augmentation ``name``."""
+    if name is None or name == "none":
+        if is_small(image_size):
+            crop = v2.Resize((image_size, image_size), antialias=True)
+        else:
+            crop = v2.Compose([v2.Resize(round(image_size * 256 / 224), antialias=True),
+                               v2.CenterCrop(image_size)])
+        return Pipeline(crop, nn.Sequential(_ToFloatRGB(), _batch_normalise(image_size)))
+    if name not in CROP_SCALES:
+        raise ValueError(f"augmentation {name!r} is not one of {', '.join(AUGMENTATIONS)}")
+    crop = v2.RandomResizedCrop(image_size, scale=CROP_SCALES[name], antialias=True)
+    rest = _batch_augmentation(name, image_size, crop=False)
+    return Pipeline(crop, nn.Sequential(_ToFloatRGB(), *rest, _batch_normalise(image_size)))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -191,6 +191,8 @@ def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progre
                                config.projection_dim, config.prototype_sets, config.k)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if config.compile:
+        model.backbone.compile()  # in place: the state_dict keys stay those of the eager model
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                 momentum=config.momentum, weight_decay=config.weight_decay)
     memory = torch.zeros(config.large_crops, len(train_set), config.projection_dim)
