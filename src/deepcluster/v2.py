@@ -14,6 +14,12 @@ Each epoch:
 
 The prototypes are never trained; an empty cluster keeps its previous centroid. Checkpoints have
 the same ``backbone`` and ``config`` as v1, so every benchmark reads them unchanged.
+
+On several processes (``devices=N`` or torchrun, DDP as in v1) every process draws the same
+shuffled order of the images and takes every world_size-th one (so one step's local batches
+together are the batch one process would take); after each pass the processes all-gather the
+memory-bank rows they wrote, every process clusters the same bank, and rank 0's prototypes and
+ids are broadcast so that they are bitwise the same everywhere.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from lightning.fabric import Fabric
 from torch import nn
 from torch.utils.data import DataLoader
@@ -33,7 +40,8 @@ from .checkpoint import load_checkpoint, save_epoch_checkpoint
 from .clustering import ClusteringResult, check_k
 from .config import PretrainConfig
 from .data import ArrayImageDataset, load_dataset
-from .features import split_batch_transform
+from .features import comm_device, split_batch_transform
+from .sampler import padded_length
 from .models import Backbone, build_backbone
 from .report import console, progress_bar
 from .transforms import ChannelsLast, PerView, is_small, multicrop_pipeline
@@ -153,18 +161,55 @@ def train_one_epoch(fabric: Fabric, model: nn.Module, optimizer: torch.optim.Opt
         total += loss.item() * batch
         count += batch
         bar.set_postfix(loss=f"{total / count:.3f}", refresh=False)
+    if fabric.world_size > 1:
+        total, count = fabric.all_reduce(torch.tensor([total, count], dtype=torch.float64),
+                                         reduce_op="sum").tolist()
     return total / count if count else float("nan")
+
+
+def shuffled_shard(num: int, seed: int, rank: int, world_size: int) -> list[int]:
+    """This process's share of one epoch's shuffled order: the permutation one process draws
+    with ``seed`` (what a shuffling DataLoader with that generator yields), padded by repeats to
+    a multiple of ``world_size``, every world_size-th element from ``rank``."""
+    order = torch.randperm(num, generator=torch.Generator().manual_seed(seed))
+    padded = padded_length(num, world_size)
+    order = torch.cat([order, order[:padded - num]])
+    return order[rank::world_size].tolist()
+
+
+def share_memory_rows(memory: torch.Tensor, orders: list[list[int]], rank: int) -> None:
+    """After a pass on several processes: every process's memory-bank rows (process q wrote
+    ``orders[q]``) on every process, by one all-gather."""
+    device = comm_device()
+    mine = memory[:, orders[rank]].to(device)
+    parts = [torch.empty_like(mine) for _ in orders]
+    dist.all_gather(parts, mine)
+    for order, part in zip(orders, parts):
+        memory[:, order] = part.to(memory.device)
+
+
+def _broadcast(tensors: tuple[torch.Tensor, ...]) -> None:
+    """Rank 0's values of ``tensors`` on every process (in place)."""
+    device = comm_device()
+    for tensor in tensors:
+        moved = tensor.to(device)
+        dist.broadcast(moved, src=0)
+        if moved is not tensor:
+            tensor.copy_(moved)
 
 
 def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progress: bool = True):
     """Run DeepCluster-v2 with ``config``; same outputs as v1's ``pretrain``."""
-    from .pretrain import (PretrainResult, PseudoLabelled, _check_resumable, _epoch_row, _log,
-                           _make_fabric, history_table)
+    from .pretrain import (PretrainResult, PseudoLabelled, _broadcast_buffers, _check_resumable,
+                           _epoch_row, _local_batch_size, _log, _make_fabric, _sync_batchnorm,
+                           history_table)
 
     out = Path(config.out)
     fabric = _make_fabric(config, out)
     if fabric.world_size > 1:
-        raise NotImplementedError("DeepCluster-v2 runs on one process for now; use --devices 1")
+        fabric.launch()  # starts the other processes (devices=N), or joins torchrun's
+    world, rank = fabric.world_size, fabric.global_rank
+    local_batch = _local_batch_size(config.batch_size, world)
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -173,10 +218,10 @@ def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progre
     if config.subset:
         images = images.subset(config.subset)
     check_k(len(images), config.k)
-    if len(images) % config.batch_size == 1:
+    if (padded_length(len(images), world) // world) % local_batch == 1:
         raise ValueError(f"{len(images)} images in batches of batch_size={config.batch_size} leave "
-                         "a last batch of one image, which BatchNorm cannot train on; change "
-                         "batch_size or subset")
+                         "a last batch of one image per process, which BatchNorm cannot train "
+                         "on; change batch_size or subset")
     in_memory = isinstance(images, ArrayImageDataset) and is_small(config.image_size)
     pipeline = multicrop_pipeline(config.image_size, config.large_crops, config.small_crops,
                                   config.small_crop_size, in_memory)
@@ -191,6 +236,8 @@ def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progre
                                config.projection_dim, config.prototype_sets, config.k)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if world > 1 and _sync_batchnorm(fabric.device):
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if config.compile:
         model.backbone.compile()  # in place: the state_dict keys stay those of the eager model
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=config.lr,
@@ -209,14 +256,22 @@ def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progre
         start_epoch = int(state["epoch"])
     fabric_model, optimizer = fabric.setup(model, optimizer)
 
-    def loader(seed: int) -> tuple[DataLoader, nn.Module]:
+    def one_pass(seed: int, targets, prototypes, first_step: int, desc: str) -> float:
+        """A pass over this process's share of the images in the order drawn with ``seed``,
+        then the memory-bank rows of every process on every process."""
+        orders = [shuffled_shard(len(train_set), seed, r, world) for r in range(world)]
         collate_fn, on_device = split_batch_transform(batch_transform, config.workers,
                                                       fabric.device)
-        generator = torch.Generator().manual_seed(seed)
-        return fabric.setup_dataloaders(
-            DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator,
+        loader = fabric.setup_dataloaders(
+            DataLoader(train_set, batch_size=local_batch, sampler=orders[rank],
                        num_workers=config.workers, collate_fn=collate_fn, drop_last=False),
-            use_distributed_sampler=False), on_device
+            use_distributed_sampler=False)
+        loss = train_one_epoch(fabric, fabric_model, optimizer, loader, on_device, memory,
+                               targets, prototypes, config, first_step * len(loader), desc)
+        if world > 1:
+            share_memory_rows(memory, orders, rank)
+            _broadcast_buffers(model)
+        return loss
 
     labels = images.targets
     history: list[dict[str, Any]] = []
@@ -224,9 +279,7 @@ def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progre
     loss, lr, train_seconds, previous = float("nan"), 0.0, 0.0, None
     if resume is None:
         start = time.perf_counter()
-        initial, on_device = loader(config.seed)
-        train_one_epoch(fabric, fabric_model, optimizer, initial, on_device, memory, None, None,
-                        config, 0, desc="fill memory")
+        one_pass(config.seed, None, None, 0, desc="fill memory")
         train_seconds = time.perf_counter() - start
     else:
         previous = state["assignments"][0].numpy()
@@ -235,8 +288,11 @@ def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progre
     # of the memory bank it filled, whose prototypes and ids epoch e + 1 trains on.
     for epoch in range(start_epoch, config.epochs + 1):
         start = time.perf_counter()
-        assignments, prototypes = cluster_memory(memory, config.k, config.prototype_sets,
-                                                 config.kmeans_iters, config.seed + epoch)
+        assignments, prototypes = cluster_memory(memory.to(fabric.device), config.k,
+                                                 config.prototype_sets, config.kmeans_iters,
+                                                 config.seed + epoch)
+        if world > 1:
+            _broadcast((assignments, prototypes))
         # The first prototype set's clustering stands for the epoch in the log (v1's columns;
         # no extraction pass, so extract_s is 0).
         clustering = ClusteringResult(assignments[0].cpu().numpy(), prototypes[0].cpu().numpy(),
@@ -248,21 +304,25 @@ def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progre
             break
         model.prototypes.copy_(prototypes)
         torch.manual_seed(config.seed + epoch + 1)
-        epoch_loader, on_device = loader(config.seed + epoch + 1)
+        if rank > 0:  # each other process its own augmentation stream, as in v1
+            torch.manual_seed(int(np.random.SeedSequence([config.seed, epoch + 1, rank])
+                                  .generate_state(1)[0]))
         start = time.perf_counter()
-        loss = train_one_epoch(fabric, fabric_model, optimizer, epoch_loader, on_device, memory,
-                               assignments.to(fabric.device), model.prototypes, config,
-                               epoch * len(epoch_loader), desc=f"epoch {epoch + 1}/{config.epochs}")
+        loss = one_pass(config.seed + epoch + 1, assignments.to(fabric.device), model.prototypes,
+                        epoch, desc=f"epoch {epoch + 1}/{config.epochs}")
         train_seconds = time.perf_counter() - start
         lr = optimizer.param_groups[0]["lr"]
         previous = clustering.assignments
-        checkpoint_path = _save(checkpoint_path, model, optimizer, config, epoch + 1, memory,
-                                assignments)
+        if fabric.is_global_zero:
+            _save(checkpoint_path, model, optimizer, config, epoch + 1, memory, assignments)
 
-    for logger in fabric.loggers:
-        logger.finalize("success")
-    if progress:
-        console.print(history_table(history))
+    if fabric.is_global_zero:
+        for logger in fabric.loggers:
+            logger.finalize("success")
+        if progress:
+            console.print(history_table(history))
+    if world > 1:
+        fabric.barrier()  # rank 0's files are complete when any process returns
     return PretrainResult(checkpoint_path, history, clustering.assignments)
 
 
