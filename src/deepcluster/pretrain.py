@@ -311,7 +311,7 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None,
         loader = fabric.setup_dataloaders(
             DataLoader(PseudoLabelled(data.train_set, assignments), batch_size=local_batch,
                        sampler=sampler, num_workers=config.workers, collate_fn=collate_fn,
-                       drop_last=False),
+                       pin_memory=fabric.device.type == "cuda", drop_last=False),
             use_distributed_sampler=False)
         start = time.perf_counter()
         loss = train_one_epoch(fabric, fabric_model, optimizer, loader, on_device,

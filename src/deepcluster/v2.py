@@ -264,7 +264,8 @@ def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progre
                                                       fabric.device)
         loader = fabric.setup_dataloaders(
             DataLoader(train_set, batch_size=local_batch, sampler=orders[rank],
-                       num_workers=config.workers, collate_fn=collate_fn, drop_last=False),
+                       num_workers=config.workers, collate_fn=collate_fn,
+                       pin_memory=fabric.device.type == "cuda", drop_last=False),
             use_distributed_sampler=False)
         loss = train_one_epoch(fabric, fabric_model, optimizer, loader, on_device, memory,
                                targets, prototypes, config, first_step * len(loader), desc)
