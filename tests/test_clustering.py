@@ -133,3 +133,18 @@ def test_torch_kmeans_on_several_cpu_threads_equals_one_thread(digits):
     torch.testing.assert_close(three[0], one[0], rtol=0, atol=0)
     torch.testing.assert_close(three[1], one[1], rtol=1e-5, atol=1e-6)
     assert three[2] == pytest.approx(one[2], rel=1e-5)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_torch_kmeans_on_the_gpu_equals_the_cpu(digits):
+    import torch
+
+    from deepcluster.clustering import torch_kmeans
+
+    features, _ = digits
+    x = torch.from_numpy(l2_normalise(pca_whiten(features, 32)))
+    on_cpu = torch_kmeans(x, 30, iterations=10, seed=0)
+    on_gpu = torch_kmeans(x.cuda(), 30, iterations=10, seed=0)
+    assert on_gpu[0].device.type == "cuda"
+    assert (on_gpu[0].cpu() != on_cpu[0]).float().mean() < 0.01  # near-ties may flip
+    assert on_gpu[2] == pytest.approx(on_cpu[2], rel=1e-3)

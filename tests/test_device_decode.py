@@ -83,10 +83,14 @@ def test_pretraining_decodes_on_the_device(jpeg_folder, tmp_path):
     assert result.checkpoint.exists()
 
 
-def test_decode_on_device_needs_image_files(tmp_path):
+def test_decode_on_device_needs_image_files_and_v1(jpeg_folder, tmp_path):
     config = PretrainConfig(data="digits", decode_on_device=True, out=str(tmp_path))
     with pytest.raises(ValueError, match="decode_on_device reads image files; data='digits'"):
         load_training_data(config)
+    v2 = PretrainConfig(data=str(jpeg_folder), decode_on_device=True,
+                        method="deepcluster-v2", out=str(tmp_path / "v2"))
+    with pytest.raises(ValueError, match="decode_on_device is implemented for DeepCluster"):
+        pretrain(v2, progress=False)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -50,7 +50,7 @@ class PretrainConfig:
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum of the backbone (the head gets none)"})
     weight_decay: float = field(default=1e-5, metadata={"help": "SGD weight decay"})
     extract_batch_size: int = field(default=512, metadata={"help": "batch size of the extraction pass"})
-    decode_on_device: bool = field(default=False, metadata={"help": "loader reads only the files' bytes; JPEGs are decoded, cropped and resized on the training device (nvJPEG on a GPU); image files only"})
+    decode_on_device: bool = field(default=False, metadata={"help": "loader reads only the files' bytes; JPEGs are decoded, cropped and resized on the training device (nvJPEG on a GPU); image files, DeepCluster v1 only"})
     workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
     accelerator: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})

@@ -204,6 +204,9 @@ def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progre
                            _epoch_row, _local_batch_size, _log, _make_fabric, _sync_batchnorm,
                            history_table)
 
+    if config.decode_on_device:
+        raise ValueError("decode_on_device is implemented for DeepCluster (v1) only; "
+                         "DeepCluster-v2's multi-crop decodes in the loader workers")
     out = Path(config.out)
     fabric = _make_fabric(config, out)
     if fabric.world_size > 1:
