@@ -9,7 +9,6 @@ import torch
 from sklearn.datasets import load_digits
 
 from deepcluster.clustering import cluster_features, cluster_whitened, nmi, pca_whiten
-from deepcluster.data import load_dataset
 from deepcluster.features import extract_global, extract_whitened
 from deepcluster.models import build_backbone
 from deepcluster.pca import StreamingPCA

@@ -245,14 +245,9 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None,
         from .v2 import pretrain_v2
         return pretrain_v2(config, resume, progress)
     out = Path(config.out)
-    fabric = _make_fabric(config, out)
-    if fabric.world_size > 1:
-        fabric.launch()  # starts the other processes (devices=N), or joins torchrun's
+    fabric = start_processes(config, out)
     world, rank = fabric.world_size, fabric.global_rank
     local_batch = _local_batch_size(config.batch_size, world)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
 
     data = load_training_data(config)
     if config.channels_last:
@@ -329,14 +324,32 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None,
             _save(checkpoint_path, model, optimizer, config, epoch + 1, assignments)
         _log(fabric, row, history, out, assignments)
 
+    finish(fabric, history, progress)
+    return PretrainResult(checkpoint_path, history, assignments)
+
+
+def start_processes(config: PretrainConfig, out: Path) -> Fabric:
+    """The run's Fabric, with its other processes started (or torchrun's joined), the torch
+    thread count set and the seed of the model's initialisation."""
+    fabric = _make_fabric(config, out)
+    if fabric.world_size > 1:
+        fabric.launch()  # starts the other processes (devices=N), or joins torchrun's
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    return fabric
+
+
+def finish(fabric: Fabric, history: list[dict[str, Any]], progress: bool) -> None:
+    """Close the loggers and print the history (rank 0); then wait for every process, so that
+    rank 0's files are complete when any process returns."""
     if fabric.is_global_zero:
         for logger in fabric.loggers:
             logger.finalize("success")
         if progress:
             console.print(history_table(history))
-    if world > 1:
-        fabric.barrier()  # rank 0's files are complete when any process returns
-    return PretrainResult(checkpoint_path, history, assignments)
+    if fabric.world_size > 1:
+        fabric.barrier()
 
 
 def _make_fabric(config: PretrainConfig, out: Path) -> Fabric:

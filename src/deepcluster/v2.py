@@ -43,7 +43,7 @@ from .data import ArrayImageDataset, load_dataset
 from .features import comm_device, split_batch_transform
 from .sampler import padded_length
 from .models import Backbone, build_backbone
-from .report import console, progress_bar
+from .report import progress_bar
 from .transforms import ChannelsLast, PerView, is_small, multicrop_pipeline
 
 
@@ -201,21 +201,16 @@ def _broadcast(tensors: tuple[torch.Tensor, ...]) -> None:
 def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progress: bool = True):
     """Run DeepCluster-v2 with ``config``; same outputs as v1's ``pretrain``."""
     from .pretrain import (PretrainResult, PseudoLabelled, _broadcast_buffers, _check_resumable,
-                           _epoch_row, _local_batch_size, _log, _make_fabric, _sync_batchnorm,
-                           history_table)
+                           _epoch_row, _local_batch_size, _log, _sync_batchnorm, finish,
+                           start_processes)
 
     if config.decode_on_device:
         raise ValueError("decode_on_device is implemented for DeepCluster (v1) only; "
                          "DeepCluster-v2's multi-crop decodes in the loader workers")
     out = Path(config.out)
-    fabric = _make_fabric(config, out)
-    if fabric.world_size > 1:
-        fabric.launch()  # starts the other processes (devices=N), or joins torchrun's
+    fabric = start_processes(config, out)
     world, rank = fabric.world_size, fabric.global_rank
     local_batch = _local_batch_size(config.batch_size, world)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
 
     images = load_dataset(config.data, "train", skip_unreadable=config.skip_unreadable)
     if config.subset:
@@ -320,13 +315,7 @@ def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progre
         if fabric.is_global_zero:
             _save(checkpoint_path, model, optimizer, config, epoch + 1, memory, assignments)
 
-    if fabric.is_global_zero:
-        for logger in fabric.loggers:
-            logger.finalize("success")
-        if progress:
-            console.print(history_table(history))
-    if world > 1:
-        fabric.barrier()  # rank 0's files are complete when any process returns
+    finish(fabric, history, progress)
     return PretrainResult(checkpoint_path, history, clustering.assignments)
 
 
