@@ -61,7 +61,8 @@ from .transforms import (ChannelsLast, device_decode_pipeline, extraction_pipeli
 
 # Config fields that may change when a run is resumed; any other change is refused.
 RESUMABLE_CHANGES = {"epochs", "workers", "threads", "out", "accelerator", "devices",
-                     "extract_batch_size", "streaming_pca", "keep_every"}
+                     "extract_batch_size", "streaming_pca", "keep_every", "compile",
+                     "decode_on_device"}
 
 
 
