@@ -27,7 +27,7 @@ from deepcluster.data import load_dataset
 from deepcluster.features import extract_global, extract_whitened, gather_rows, shard_range
 from deepcluster.models import build_backbone
 from deepcluster.sampler import (UniformClusterSampler, distributed_uniform_cluster_indices,
-                                 padded_length, uniform_cluster_indices)
+                                 padded_length, shuffled_order, uniform_cluster_indices)
 from deepcluster.transforms import MultiCrop, Pipeline, extraction_pipeline, small_crop_size
 
 WORLD = 2
@@ -77,6 +77,18 @@ def test_distributed_sampler_ranks_share_the_single_process_draw():
                                           np.sort(full[step * 8 * world:(step + 1) * 8 * world]))
     single = list(UniformClusterSampler(assignments, seed=4))
     assert distributed_uniform_cluster_indices(assignments, 4, 0, 1).tolist() == single
+
+
+def test_v2_shuffled_order_is_the_shuffling_loaders_order_padded_for_the_processes():
+    from torch.utils.data import RandomSampler
+
+    loader_order = list(RandomSampler(range(203), generator=torch.Generator().manual_seed(5)))
+    assert shuffled_order(203, seed=5) == loader_order  # one process: unchanged by sharding
+    padded = shuffled_order(203, seed=5, world_size=3)
+    assert padded[:203] == loader_order and padded[203:] == loader_order[:1]
+    shares = [padded[rank::3] for rank in range(3)]
+    assert [len(share) for share in shares] == [68, 68, 68]
+    assert sorted(sum(shares, [])) == sorted(padded)
 
 
 def test_grouped_draw_equals_the_per_cluster_scan():

@@ -67,6 +67,17 @@ def comm_device() -> torch.device:
     return torch.device("cpu")
 
 
+@torch.no_grad()
+def broadcast_from_rank0(tensors) -> None:
+    """Rank 0's values of ``tensors`` on every process, in place (through ``comm_device``)."""
+    device = comm_device()
+    for tensor in tensors:
+        moved = tensor.to(device)  # the tensor itself when already there
+        dist.broadcast(moved, src=0)
+        if moved is not tensor:
+            tensor.copy_(moved)
+
+
 def gather_rows(local: np.ndarray, dst: int | None = None,
                 chunk_bytes: int = 64 << 20) -> np.ndarray | None:
     """Every process's rows, concatenated in rank order (dataset order for ``shard_range`` shards),

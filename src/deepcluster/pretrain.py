@@ -51,8 +51,8 @@ from .clustering import (ClusteringResult, check_k, cluster_features, cluster_wh
 from .config import PretrainConfig
 from .data import ArrayImageDataset, ImageFileDataset, load_dataset
 from .device_decode import DecodeOnDevice, collate_encoded
-from .features import (comm_device, extract_global, extract_whitened, gather_rows,
-                       split_batch_transform)
+from .features import (broadcast_from_rank0, comm_device, extract_global, extract_whitened,
+                       gather_rows, split_batch_transform)
 from .models import DeepClusterModel, build_backbone, reset_head
 from .report import console, progress_bar
 from .sampler import DistributedUniformClusterSampler
@@ -233,10 +233,7 @@ def train_one_epoch(fabric: Fabric, model: nn.Module, optimizer: torch.optim.Opt
         total += loss.item() * len(targets)
         count += len(targets)
         bar.set_postfix(loss=f"{total / count:.3f}", refresh=False)
-    if fabric.world_size > 1:
-        total, count = fabric.all_reduce(torch.tensor([total, count], dtype=torch.float64),
-                                         reduce_op="sum").tolist()
-    return total / count
+    return mean_over_processes(fabric, total, count)
 
 
 def pretrain(config: PretrainConfig, resume: str | Path | None = None,
@@ -256,13 +253,8 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None,
         data.eval_batch = nn.Sequential(data.eval_batch, ChannelsLast())
     data.train_batch.to(fabric.device)
     data.eval_batch.to(fabric.device)
-    model = DeepClusterModel(build_backbone(config.arch, config.sobel), config.k)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if config.compile:
-        model.backbone.compile()  # in place: the state_dict keys stay those of the eager model
-    if world > 1 and _sync_batchnorm(fabric.device):
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = prepare_model(DeepClusterModel(build_backbone(config.arch, config.sobel), config.k),
+                          config, fabric)
     optimizer = build_optimizer(model, config)
 
     start_epoch, assignments = 0, None
@@ -294,11 +286,7 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None,
         if config.reset_head:
             # The same seed on every process: the same head everywhere (DDP does not re-sync it).
             reset_head(model.head)
-        if rank > 0:
-            # Each other process its own augmentation (and dropout) stream; rank 0 keeps the
-            # single-process one.
-            torch.manual_seed(int(np.random.SeedSequence([config.seed, epoch + 1, rank])
-                                  .generate_state(1)[0]))
+        seed_process_stream(config, epoch, rank)
         # The same global draw on every process, each taking every world-th image.
         sampler = DistributedUniformClusterSampler(assignments, rank, world,
                                                    seed=config.seed + epoch)
@@ -339,6 +327,18 @@ def start_processes(config: PretrainConfig, out: Path) -> Fabric:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     return fabric
+
+
+def prepare_model(model: nn.Module, config: PretrainConfig, fabric: Fabric) -> nn.Module:
+    """``model`` (with a ``backbone``) in channels-last layout, with SyncBatchNorm across GPUs,
+    its backbone compiled, as ``config`` asks."""
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if fabric.world_size > 1 and _sync_batchnorm(fabric.device):
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if config.compile:
+        model.backbone.compile()  # in place: the state_dict keys stay those of the eager model
+    return model
 
 
 def finish(fabric: Fabric, history: list[dict[str, Any]], progress: bool) -> None:
@@ -389,17 +389,28 @@ def _sync_batchnorm(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-@torch.no_grad()
 def _broadcast_buffers(model: nn.Module) -> None:
     """Rank 0's buffers (BatchNorm running statistics) on every process, so that every process
     extracts its shard with the same network. (DDP broadcasts them before each forward pass, but
     the last training step leaves each process with its own; with SyncBatchNorm they agree.)"""
-    device = comm_device()
-    for buffer in model.buffers():
-        moved = buffer.to(device)  # the buffer itself when already there
-        dist.broadcast(moved, src=0)
-        if moved is not buffer:
-            buffer.copy_(moved)
+    broadcast_from_rank0(list(model.buffers()))
+
+
+def mean_over_processes(fabric: Fabric, total: float, count: int) -> float:
+    """The mean of a per-sample quantity summed to ``total`` over ``count`` samples on each
+    process, over all processes' samples (nan for none)."""
+    if fabric.world_size > 1:
+        total, count = fabric.all_reduce(torch.tensor([total, count], dtype=torch.float64),
+                                         reduce_op="sum").tolist()
+    return total / count if count else float("nan")
+
+
+def seed_process_stream(config: PretrainConfig, epoch: int, rank: int) -> None:
+    """After the epoch's common seeding: each process other than rank 0 its own random stream
+    (augmentation, dropout); rank 0 keeps the single-process one."""
+    if rank > 0:
+        torch.manual_seed(int(np.random.SeedSequence([config.seed, epoch + 1, rank])
+                              .generate_state(1)[0]))
 
 
 def _check_resumable(saved: PretrainConfig, config: PretrainConfig, path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
+import torch
 from torch.utils.data import Sampler
 
 
@@ -83,3 +84,13 @@ class DistributedUniformClusterSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def shuffled_order(num_samples: int, seed: int, world_size: int = 1) -> list[int]:
+    """One epoch's shuffled order of ``num_samples`` images: the permutation one process draws
+    with ``seed`` (what a shuffling DataLoader with that generator yields), padded by repeats to
+    a multiple of ``world_size``. Process r takes ``order[r::world_size]`` (interleaved, as above:
+    one step's local batches together are the batch one process takes)."""
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
+    padding = padded_length(num_samples, world_size) - num_samples
+    return torch.cat([order, order[:padding]]).tolist()

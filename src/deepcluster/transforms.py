@@ -54,37 +54,42 @@ def _rgb() -> Callable:
 
 def extraction_transform(image_size: int) -> Callable:
     """Deterministic transform used for clustering features and for every benchmark."""
+    return v2.Compose([_rgb(), *_extraction_resize(image_size), *_normalise(image_size)])
+
+
+def _extraction_resize(image_size: int) -> list[Callable]:
+    """Small images: resize to the target size. Large ones: short side to 256/224 of the crop
+    size, then a centre crop."""
     if is_small(image_size):
-        steps = [_rgb(), v2.Resize((image_size, image_size), antialias=True)]
-    else:
-        resize = round(image_size * 256 / 224)
-        steps = [_rgb(), v2.Resize(resize, antialias=True), v2.CenterCrop(image_size)]
-    return v2.Compose(steps + _normalise(image_size))
+        return [v2.Resize((image_size, image_size), antialias=True)]
+    return [v2.Resize(round(image_size * 256 / 224), antialias=True), v2.CenterCrop(image_size)]
 
 
 def training_transform(name: str, image_size: int) -> Callable:
     """The pretraining augmentation ``name`` (one of AUGMENTATIONS) at ``image_size``."""
     if name == "none":
         return extraction_transform(image_size)
+    steps = [_random_crop(name, image_size), v2.RandomHorizontalFlip()]
     if name == "mmselfsup":
-        steps = [
-            v2.RandomResizedCrop(image_size, antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.RandomRotation(2),
-            v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=1.0, hue=0.5),
-            v2.RandomGrayscale(p=0.2),
-        ]
-    elif name == "original":
-        steps = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
-    elif name == "small":
-        steps = [v2.RandomResizedCrop(image_size, scale=(0.3, 1.0), antialias=True),
-                 v2.RandomHorizontalFlip()]
+        steps += [v2.RandomRotation(2),
+                  v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=1.0, hue=0.5),
+                  v2.RandomGrayscale(p=0.2)]
     elif name == "strong":
-        steps = [v2.RandomResizedCrop(image_size, scale=STRONG_CROP_SCALE, antialias=True),
-                 v2.RandomHorizontalFlip(), v2.RandomApply([v2.ColorJitter(0.4, 0.4)], p=0.8)]
-    else:
-        raise ValueError(f"augmentation {name!r} is not one of {', '.join(AUGMENTATIONS)}")
+        steps.append(v2.RandomApply([v2.ColorJitter(0.4, 0.4)], p=0.8))
     return v2.Compose([_rgb()] + steps + _normalise(image_size))
+
+
+# The random-resized-crop scale range of each augmentation (torchvision's and kornia's default
+# 0.08-1 for the ImageNet recipes).
+CROP_SCALES = {"mmselfsup": (0.08, 1.0), "original": (0.08, 1.0), "small": (0.3, 1.0),
+               "strong": STRONG_CROP_SCALE}
+
+
+def _random_crop(name: str, image_size: int) -> Callable:
+    """The per-image random resized crop of augmentation ``name``."""
+    if name not in CROP_SCALES:
+        raise ValueError(f"augmentation {name!r} is not one of {', '.join(AUGMENTATIONS)}")
+    return v2.RandomResizedCrop(image_size, scale=CROP_SCALES[name], antialias=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,10 +133,6 @@ def _batch_normalise(image_size: int) -> nn.Module:
 
     mean, std = (SMALL_MEAN, SMALL_STD) if is_small(image_size) else (IMAGENET_MEAN, IMAGENET_STD)
     return K.Normalize(torch.tensor(mean), torch.tensor(std))
-
-
-CROP_SCALES = {"mmselfsup": (0.08, 1.0), "original": (0.08, 1.0), "small": (0.3, 1.0),
-               "strong": STRONG_CROP_SCALE}
 
 
 def _batch_augmentation(name: str, image_size: int, crop: bool = True) -> list[nn.Module]:
@@ -178,17 +179,11 @@ def device_decode_pipeline(name: str | None, image_size: int) -> Pipeline:
     decoded uint8 image (they differ in size), ``batch`` does the rest on the stacked batch.
     ``name`` None: the extraction transform; else the training augmentation ``name``."""
     if name is None or name == "none":
-        if is_small(image_size):
-            crop = v2.Resize((image_size, image_size), antialias=True)
-        else:
-            crop = v2.Compose([v2.Resize(round(image_size * 256 / 224), antialias=True),
-                               v2.CenterCrop(image_size)])
-        return Pipeline(crop, nn.Sequential(_ToFloatRGB(), _batch_normalise(image_size)))
-    if name not in CROP_SCALES:
-        raise ValueError(f"augmentation {name!r} is not one of {', '.join(AUGMENTATIONS)}")
-    crop = v2.RandomResizedCrop(image_size, scale=CROP_SCALES[name], antialias=True)
+        return Pipeline(v2.Compose(_extraction_resize(image_size)),
+                        nn.Sequential(_ToFloatRGB(), _batch_normalise(image_size)))
     rest = _batch_augmentation(name, image_size, crop=False)
-    return Pipeline(crop, nn.Sequential(_ToFloatRGB(), *rest, _batch_normalise(image_size)))
+    return Pipeline(_random_crop(name, image_size),
+                    nn.Sequential(_ToFloatRGB(), *rest, _batch_normalise(image_size)))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -40,10 +40,14 @@ from .checkpoint import load_checkpoint, save_epoch_checkpoint
 from .clustering import ClusteringResult, check_k
 from .config import PretrainConfig
 from .data import ArrayImageDataset, load_dataset
-from .features import comm_device, split_batch_transform
-from .sampler import padded_length
+from .features import broadcast_from_rank0, comm_device, split_batch_transform
 from .models import Backbone, build_backbone
+# v1's loop pieces that v2 shares (pretrain.py imports this module only inside pretrain()).
+from .pretrain import (PretrainResult, PseudoLabelled, _broadcast_buffers, _check_resumable,
+                       _epoch_row, _local_batch_size, _log, finish, mean_over_processes,
+                       prepare_model, seed_process_stream, start_processes)
 from .report import progress_bar
+from .sampler import padded_length, shuffled_order
 from .transforms import ChannelsLast, PerView, is_small, multicrop_pipeline
 
 
@@ -161,20 +165,7 @@ def train_one_epoch(fabric: Fabric, model: nn.Module, optimizer: torch.optim.Opt
         total += loss.item() * batch
         count += batch
         bar.set_postfix(loss=f"{total / count:.3f}", refresh=False)
-    if fabric.world_size > 1:
-        total, count = fabric.all_reduce(torch.tensor([total, count], dtype=torch.float64),
-                                         reduce_op="sum").tolist()
-    return total / count if count else float("nan")
-
-
-def shuffled_shard(num: int, seed: int, rank: int, world_size: int) -> list[int]:
-    """This process's share of one epoch's shuffled order: the permutation one process draws
-    with ``seed`` (what a shuffling DataLoader with that generator yields), padded by repeats to
-    a multiple of ``world_size``, every world_size-th element from ``rank``."""
-    order = torch.randperm(num, generator=torch.Generator().manual_seed(seed))
-    padded = padded_length(num, world_size)
-    order = torch.cat([order, order[:padded - num]])
-    return order[rank::world_size].tolist()
+    return mean_over_processes(fabric, total, count)
 
 
 def share_memory_rows(memory: torch.Tensor, orders: list[list[int]], rank: int) -> None:
@@ -188,22 +179,8 @@ def share_memory_rows(memory: torch.Tensor, orders: list[list[int]], rank: int) 
         memory[:, order] = part.to(memory.device)
 
 
-def _broadcast(tensors: tuple[torch.Tensor, ...]) -> None:
-    """Rank 0's values of ``tensors`` on every process (in place)."""
-    device = comm_device()
-    for tensor in tensors:
-        moved = tensor.to(device)
-        dist.broadcast(moved, src=0)
-        if moved is not tensor:
-            tensor.copy_(moved)
-
-
 def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progress: bool = True):
     """Run DeepCluster-v2 with ``config``; same outputs as v1's ``pretrain``."""
-    from .pretrain import (PretrainResult, PseudoLabelled, _broadcast_buffers, _check_resumable,
-                           _epoch_row, _local_batch_size, _log, _sync_batchnorm, finish,
-                           start_processes)
-
     if config.decode_on_device:
         raise ValueError("decode_on_device is implemented for DeepCluster (v1) only; "
                          "DeepCluster-v2's multi-crop decodes in the loader workers")
@@ -230,14 +207,9 @@ def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progre
     # Each image's target is its own index: the memory bank's row.
     train_set = PseudoLabelled(images.with_transform(pipeline.sample), np.arange(len(images)))
 
-    model = DeepClusterV2Model(build_backbone(config.arch, config.sobel), config.projection_hidden,
-                               config.projection_dim, config.prototype_sets, config.k)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if world > 1 and _sync_batchnorm(fabric.device):
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if config.compile:
-        model.backbone.compile()  # in place: the state_dict keys stay those of the eager model
+    model = prepare_model(
+        DeepClusterV2Model(build_backbone(config.arch, config.sobel), config.projection_hidden,
+                           config.projection_dim, config.prototype_sets, config.k), config, fabric)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                 momentum=config.momentum, weight_decay=config.weight_decay)
     memory = torch.zeros(config.large_crops, len(train_set), config.projection_dim)
@@ -257,7 +229,8 @@ def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progre
     def one_pass(seed: int, targets, prototypes, first_step: int, desc: str) -> float:
         """A pass over this process's share of the images in the order drawn with ``seed``,
         then the memory-bank rows of every process on every process."""
-        orders = [shuffled_shard(len(train_set), seed, r, world) for r in range(world)]
+        order = shuffled_order(len(train_set), seed, world)
+        orders = [order[r::world] for r in range(world)]
         collate_fn, on_device = split_batch_transform(batch_transform, config.workers,
                                                       fabric.device)
         loader = fabric.setup_dataloaders(
@@ -291,7 +264,7 @@ def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progre
                                                  config.prototype_sets, config.kmeans_iters,
                                                  config.seed + epoch)
         if world > 1:
-            _broadcast((assignments, prototypes))
+            broadcast_from_rank0((assignments, prototypes))
         # The first prototype set's clustering stands for the epoch in the log (v1's columns;
         # no extraction pass, so extract_s is 0).
         clustering = ClusteringResult(assignments[0].cpu().numpy(), prototypes[0].cpu().numpy(),
@@ -303,9 +276,7 @@ def pretrain_v2(config: PretrainConfig, resume: str | Path | None = None, progre
             break
         model.prototypes.copy_(prototypes)
         torch.manual_seed(config.seed + epoch + 1)
-        if rank > 0:  # each other process its own augmentation stream, as in v1
-            torch.manual_seed(int(np.random.SeedSequence([config.seed, epoch + 1, rank])
-                                  .generate_state(1)[0]))
+        seed_process_stream(config, epoch, rank)
         start = time.perf_counter()
         loss = one_pass(config.seed + epoch + 1, assignments.to(fabric.device), model.prototypes,
                         epoch, desc=f"epoch {epoch + 1}/{config.epochs}")
