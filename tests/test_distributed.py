@@ -24,7 +24,8 @@ from deepcluster.checkpoint import load_checkpoint
 from deepcluster.clustering import l2_normalise, pca_whiten, torch_kmeans
 from deepcluster.config import PretrainConfig
 from deepcluster.data import load_dataset
-from deepcluster.features import extract_global, extract_whitened, gather_rows, shard_range
+from deepcluster.distributed import gather_rows, shard_range
+from deepcluster.features import extract_global, extract_whitened
 from deepcluster.models import build_backbone
 from deepcluster.sampler import (UniformClusterSampler, distributed_uniform_cluster_indices,
                                  padded_length, shuffled_order, uniform_cluster_indices)

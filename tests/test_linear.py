@@ -13,6 +13,7 @@ from lightning.fabric import Fabric
 from PIL import Image
 from torch import nn
 
+from deepcluster.supervised import train_supervised
 from deepcluster.benchmarks.linear import (
     PRESETS,
     LinearConfig,
@@ -28,7 +29,7 @@ from deepcluster.benchmarks.linear import (
     streamed_batches,
     topk_accuracy,
     train_epoch,
-    train_supervised,
+
 )
 from deepcluster.checkpoint import backbone_from_checkpoint, load_checkpoint, save_checkpoint
 from deepcluster.cli import main

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from sklearn.decomposition import PCA
 from sklearn.metrics import normalized_mutual_info_score
+
+from .distributed import all_gather_sizes, all_reduce_sum, is_distributed, rank_and_world
 
 # faiss subsamples to this many points per centroid unless told otherwise; DeepCluster uses all.
 ALL_POINTS_PER_CENTROID = 10_000_000
@@ -245,16 +246,14 @@ def initial_centroids(x: torch.Tensor, k: int, seed: int = 0,
     if not distributed:
         init = torch.randperm(len(x), generator=generator)[:k].to(x.device)
         return x[init].clone()
-    rank, world = dist.get_rank(), dist.get_world_size()
-    sizes = [torch.zeros(1, dtype=torch.int64, device=x.device) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([len(x)], dtype=torch.int64, device=x.device))
-    sizes = [int(size.item()) for size in sizes]
+    rank, _ = rank_and_world()
+    sizes = all_gather_sizes(len(x))
     offset = sum(sizes[:rank])
     init = torch.randperm(sum(sizes), generator=generator)[:k]
     mine = (init >= offset) & (init < offset + len(x))
     centroids = torch.zeros(len(init), x.shape[1], dtype=x.dtype, device=x.device)
     centroids[mine.to(x.device)] = x[(init[mine] - offset).to(x.device)]
-    dist.all_reduce(centroids)  # exactly one process holds each row; the others add zeros
+    all_reduce_sum(centroids)  # exactly one process holds each row; the others add zeros
     return centroids
 
 
@@ -272,7 +271,7 @@ def torch_kmeans(x: torch.Tensor, k: int, iterations: int = 20, seed: int = 0,
     ``initial_centroids``).
     """
     if distributed is None:
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        distributed = is_distributed()
     chunk = chunk or _default_chunk(x.device, k)
     x = x.contiguous()
     if init is None:
@@ -284,15 +283,15 @@ def torch_kmeans(x: torch.Tensor, k: int, iterations: int = 20, seed: int = 0,
             step = _nearest(x, centroids, chunk, workers, with_sums=True)
             counts = torch.bincount(step.ids, minlength=k).to(x.dtype)
             if distributed:
-                dist.all_reduce(step.sums)
-                dist.all_reduce(counts)
+                all_reduce_sum(step.sums)
+                all_reduce_sum(counts)
             non_empty = counts > 0
             centroids[non_empty] = step.sums[non_empty] / counts[non_empty, None]
             _split_largest(centroids, counts)
         final = _nearest(x, centroids, chunk, workers, with_best=True)
     inertia = (final.best + (x * x).sum(dim=1)).clamp_min_(0.0).sum()
     if distributed:
-        dist.all_reduce(inertia)
+        all_reduce_sum(inertia)
     return final.ids, centroids, float(inertia)
 
 

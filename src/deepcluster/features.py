@@ -1,8 +1,8 @@
 """Feature extraction: run a frozen network over a dataset into one preallocated array.
 
 Under torch.distributed (``shard=True``) each process extracts its own contiguous shard of the
-dataset, in dataset order (``shard_range``); ``gather_rows`` puts the shards back together, on
-every process or on one.
+dataset, in dataset order (``distributed.dataset_shard``); ``distributed.gather_rows`` puts the
+shards back together.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .clustering import pca_dim_for
+from .distributed import dataset_shard
 from .models import FEATURE_NAMES, Backbone
 from .pca import StreamingPCA
 from .report import progress_bar
@@ -33,89 +33,6 @@ EXACT_POOLING = {
     "feature5": (7, 6, 1, 0, 2),
 }
 LAYERS = FEATURE_NAMES + ("avgpool",)
-
-
-def rank_and_world() -> tuple[int, int]:
-    """This process's rank and the number of processes (0, 1 without torch.distributed)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def shard_range(num: int, rank: int, world_size: int) -> range:
-    """The contiguous rows of ``num`` that process ``rank`` of ``world_size`` handles: consecutive
-    ranks take consecutive blocks, the first ``num % world_size`` one row more than the others."""
-    base, extra = divmod(num, world_size)
-    start = rank * base + min(rank, extra)
-    return range(start, start + base + (rank < extra))
-
-
-def dataset_shard(dataset: Dataset) -> Dataset:
-    """This process's contiguous shard of ``dataset`` (all of it without torch.distributed)."""
-    rank, world = rank_and_world()
-    if world == 1:
-        return dataset
-    if len(dataset) < world:
-        raise ValueError(f"cannot shard {len(dataset)} images over {world} processes")
-    return Subset(dataset, shard_range(len(dataset), rank, world))
-
-
-def comm_device() -> torch.device:
-    """Where collective tensors must live: the current GPU under NCCL, else the CPU."""
-    if dist.is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-@torch.no_grad()
-def broadcast_from_rank0(tensors) -> None:
-    """Rank 0's values of ``tensors`` on every process, in place (through ``comm_device``)."""
-    device = comm_device()
-    for tensor in tensors:
-        moved = tensor.to(device)  # the tensor itself when already there
-        dist.broadcast(moved, src=0)
-        if moved is not tensor:
-            tensor.copy_(moved)
-
-
-def gather_rows(local: np.ndarray, dst: int | None = None,
-                chunk_bytes: int = 64 << 20) -> np.ndarray | None:
-    """Every process's rows, concatenated in rank order (dataset order for ``shard_range`` shards),
-    on every process (``dst=None``) or only on process ``dst`` (the others get None).
-
-    Sent ``chunk_bytes`` per process at a time, so the communication buffers stay small whatever
-    the number of rows; the result is written into one preallocated array.
-    """
-    rank, world = rank_and_world()
-    if world == 1:
-        return local
-    local = np.ascontiguousarray(local)
-    device = comm_device()
-    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([len(local)], dtype=torch.int64, device=device))
-    sizes = [int(size.item()) for size in sizes]
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    receive = dst is None or dst == rank
-    out = np.empty((offsets[-1], *local.shape[1:]), dtype=local.dtype) if receive else None
-    row_bytes = max(1, local.itemsize * int(np.prod(local.shape[1:], dtype=np.int64)))
-    rows = max(1, chunk_bytes // row_bytes)
-    source = torch.from_numpy(local)
-    for start in range(0, max(sizes), rows):
-        send = torch.zeros((rows, *local.shape[1:]), dtype=source.dtype, device=device)
-        part = source[start:start + rows]
-        send[:len(part)] = part.to(device)
-        parts = [torch.empty_like(send) for _ in range(world)] if receive else None
-        if dst is None:
-            dist.all_gather(parts, send)
-        else:
-            dist.gather(send, parts, dst=dst)
-        if receive:
-            for r, received in enumerate(parts):
-                count = min(rows, max(0, sizes[r] - start))
-                if count:
-                    begin = offsets[r] + start
-                    out[begin:begin + count] = received[:count].cpu().numpy()
-    return out
 
 
 class TransformingCollate:

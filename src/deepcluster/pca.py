@@ -11,7 +11,8 @@ variances with N - 1 degrees of freedom), without ever holding the N x D matrix.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
+
+from .distributed import all_reduce_sum, broadcast_from_rank0, is_distributed
 
 
 class StreamingPCA:
@@ -47,14 +48,14 @@ class StreamingPCA:
 
     def all_reduce(self) -> None:
         """Sum the statistics of every process (each saw its own shard of the data)."""
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        if not is_distributed():
             return
         shift = self.shift.clone()
-        dist.broadcast(shift, src=0)  # every process's statistics relative to rank 0's shift
+        broadcast_from_rank0([shift])  # every process's statistics relative to rank 0's shift
         self.reshift(shift)
         count = torch.tensor([float(self.count)], dtype=torch.float64, device=self.sum.device)
         for tensor in (count, self.sum, self.outer):
-            dist.all_reduce(tensor)
+            all_reduce_sum(tensor)
         self.count = int(count.item())
 
     def reshift(self, shift: torch.Tensor) -> None:

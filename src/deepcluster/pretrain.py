@@ -51,8 +51,8 @@ from .clustering import (ClusteringResult, check_k, cluster_features, cluster_wh
 from .config import PretrainConfig
 from .data import ArrayImageDataset, ImageFileDataset, load_dataset
 from .device_decode import DecodeOnDevice, collate_encoded
-from .features import (broadcast_from_rank0, comm_device, extract_global, extract_whitened,
-                       gather_rows, split_batch_transform)
+from .distributed import broadcast_from_rank0, comm_device, gather_rows
+from .features import extract_global, extract_whitened, split_batch_transform
 from .models import DeepClusterModel, build_backbone, reset_head
 from .report import console, progress_bar
 from .sampler import DistributedUniformClusterSampler

@@ -40,7 +40,8 @@ from .checkpoint import load_checkpoint, save_epoch_checkpoint
 from .clustering import ClusteringResult, check_k
 from .config import PretrainConfig
 from .data import ArrayImageDataset, load_dataset
-from .features import broadcast_from_rank0, comm_device, split_batch_transform
+from .distributed import broadcast_from_rank0, comm_device
+from .features import split_batch_transform
 from .models import Backbone, build_backbone
 # v1's loop pieces that v2 shares (pretrain.py imports this module only inside pretrain()).
 from .pretrain import (PretrainResult, PseudoLabelled, _broadcast_buffers, _check_resumable,

@@ -68,7 +68,7 @@ def record_pretraining(name: str, config_values: dict, root: Path) -> tuple[dict
 
 
 def record_supervised(like: Path, root: Path) -> dict:
-    from deepcluster.benchmarks.linear import train_supervised
+    from deepcluster.supervised import train_supervised
 
     options = {k: v for k, v in SUPERVISED.items() if k != "like"}
     path = train_supervised(like, root / "supervised", data="digits", progress=False, **options)

@@ -581,68 +581,6 @@ def results_table(results: dict[str, Any]) -> Table:
 
 
 # ----------------------------------------------------------------------------------------------
-# The supervised baseline: the same network trained with labels
-
-
-def train_supervised(checkpoint: str | Path, out: str | Path, data: str | None = None,
-                     epochs: int = 5, lr: float = 0.05, weight_decay: float = 5e-4,
-                     batch_size: int = 256, subset: int = 0, workers: int = 0,
-                     threads: int = 0, progress: bool = True) -> Path:
-    """Train ``checkpoint``'s architecture from its seeded initialisation with cross-entropy on the
-    true labels (its pretraining augmentation, SGD momentum 0.9, cosine lr), and save a checkpoint
-    with the pretraining keys, so that every benchmark accepts it as the supervised baseline."""
-    from ..pretrain import train_one_epoch
-
-    backbone, config = backbone_from_checkpoint(checkpoint, random_init=True)
-    data = data or config.data
-    dataset = _labelled(data, "train", subset)
-    classes = max(len(dataset.classes), int(dataset.targets.max()) + 1)
-    in_memory = isinstance(dataset, ArrayImageDataset) and is_small(config.image_size)
-    pipeline = training_pipeline(config.augmentation, config.image_size, in_memory)
-    train_set = dataset.with_transform(pipeline.sample)
-    fabric = Fabric(accelerator=config.accelerator, devices=1, precision=config.precision)
-    if threads or config.threads:
-        torch.set_num_threads(threads or config.threads)
-    torch.manual_seed(config.seed)
-    model = DeepClusterModel(backbone.train(), classes)
-    batch_transform = pipeline.batch
-    if getattr(config, "channels_last", False):
-        model = model.to(memory_format=torch.channels_last)
-        batch_transform = nn.Sequential(batch_transform, ChannelsLast())
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda e: 0.5 * (1.0 + math.cos(math.pi * e / epochs)))
-    fabric_model, optimizer = fabric.setup(model, optimizer)
-    batch_transform = batch_transform.to(fabric.device)
-    loader = fabric.setup_dataloaders(
-        make_loader(train_set, batch_size, workers, shuffle=True,
-                    generator=torch.Generator().manual_seed(config.seed)),
-        use_distributed_sampler=False)
-    start = time.perf_counter()
-    for epoch in range(epochs):
-        loss = train_one_epoch(fabric, fabric_model, optimizer, loader, batch_transform,
-                               desc=f"supervised {epoch + 1}/{epochs}")
-        scheduler.step()
-        if progress:
-            console.print(f"supervised epoch {epoch + 1}/{epochs}  loss={loss:.3f}")
-    seconds = time.perf_counter() - start
-    saved_config = replace(config, data=data, subset=subset, out=str(out))
-    path = Path(out) / "checkpoints" / "last.ckpt"
-    save_checkpoint({
-        "config": saved_config.to_dict(),
-        "epoch": epochs,
-        "backbone": model.backbone.state_dict(),
-        "head": model.head.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "assignments": torch.from_numpy(np.asarray(dataset.targets, dtype=np.int64)),
-        "rng": torch.get_rng_state(),
-        "supervised": {"like": str(checkpoint), "data": data, "epochs": epochs, "lr": lr,
-                       "weight_decay": weight_decay, "batch_size": batch_size, "seconds": seconds},
-    }, path)
-    return path
-
-
-# ----------------------------------------------------------------------------------------------
 # Command line (registered in cli.py as ``benchmark linear`` and ``train-supervised``)
 
 
@@ -701,24 +639,3 @@ def linear_command(checkpoint, data, heads, preset, out, random_init, label, mil
                          preset=preset)
     console.print(results_table(results))
     console.print(f"results: {Path(out) / 'results.json'}")
-
-
-@click.command()
-@click.option("--like", "checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="a pretraining checkpoint whose architecture (and seed) to train")
-@click.option("--data", default=None, help="labelled training data [the checkpoint's]")
-@click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--epochs", default=5, show_default=True)
-@click.option("--lr", default=0.05, show_default=True)
-@click.option("--weight-decay", default=5e-4, show_default=True)
-@click.option("--batch-size", default=256, show_default=True)
-@click.option("--subset", default=0, show_default=True, help="first N training images (0: all)")
-@click.option("--workers", default=0, show_default=True)
-@click.option("--threads", default=0, show_default=True, help="torch CPU threads (0: the checkpoint's)")
-def train_supervised_command(checkpoint, data, out, epochs, lr, weight_decay, batch_size, subset,
-                             workers, threads) -> None:
-    """Train the same network with labels: the 'supervised' baseline row of every benchmark."""
-    path = train_supervised(checkpoint, out, data=data, epochs=epochs, lr=lr,
-                            weight_decay=weight_decay, batch_size=batch_size, subset=subset,
-                            workers=workers, threads=threads)
-    console.print(f"checkpoint: {path}")

@@ -1,23 +1,20 @@
-"""The ``deepcluster`` command line: pretrain, extract, benchmark, and the quick-start demo."""
+"""``deepcluster pretrain``, ``presets``, ``demo``, ``extract`` and ``train-supervised``."""
 
 from __future__ import annotations
 
 import dataclasses
-import sys
-import warnings
 from pathlib import Path
 
 import click
 from rich.table import Table
 
-from .checkpoint import save_json
-from .config import DEFAULT_PRESET, DEFAULT_V2_PRESET, PRESETS, PretrainConfig, get_preset
-from .data import DataError
-from .report import console
-
+from ..checkpoint import save_json
+from ..config import DEFAULT_PRESET, DEFAULT_V2_PRESET, PRESETS, PretrainConfig, get_preset
+from ..report import console
+from . import main
+from .benchmark import knn_table
 
 DATA_HELP = "fashion-mnist, mnist, digits, idx:DIR, or a path (class folders, list file, image folder)"
-
 
 def _config_options(command):
     """One ``--name`` option per PretrainConfig field; unset options keep the preset's value."""
@@ -34,22 +31,6 @@ def _config_options(command):
     return command
 
 
-class _FriendlyErrors(click.Group):
-    """Bad input ends with one clear line, not a traceback."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except (DataError, ValueError, FileNotFoundError, NotImplementedError) as error:
-            raise click.ClickException(str(error)) from error
-
-
-@click.group(cls=_FriendlyErrors)
-def main() -> None:
-    """DeepCluster self-supervised pretraining and the standard feature benchmarks."""
-    warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
-
-
 @main.command()
 @click.option("--preset", default=DEFAULT_PRESET, show_default=True,
               type=click.Choice(sorted(PRESETS)), help="named recipe to start from")
@@ -58,7 +39,7 @@ def main() -> None:
 @_config_options
 def pretrain(preset: str, resume: str | None, **overrides) -> None:
     """Train a network with DeepCluster (cluster, train on the cluster ids, repeat)."""
-    from .pretrain import pretrain as run_pretrain
+    from ..pretrain import pretrain as run_pretrain
 
     config = get_preset(preset).override(**overrides)
     _refuse_to_overwrite(config, resume)
@@ -109,10 +90,10 @@ def presets() -> None:
               help="an .npz file with 'features' (float32) and 'labels' (-1: none)")
 def extract(checkpoint, data, split, layer, random_init, batch_size, workers, out) -> None:
     """Extract features of a dataset with a pretrained (or random-init) backbone."""
-    from .checkpoint import backbone_from_checkpoint, save_npz
-    from .data import load_dataset
-    from .features import extract, make_loader, pooled_map
-    from .transforms import extraction_transform
+    from ..checkpoint import backbone_from_checkpoint, save_npz
+    from ..data import load_dataset
+    from ..features import extract, make_loader, pooled_map
+    from ..transforms import extraction_transform
 
     backbone, config = backbone_from_checkpoint(checkpoint, random_init=random_init)
     dataset = load_dataset(data, split).with_transform(extraction_transform(config.image_size))
@@ -124,39 +105,6 @@ def extract(checkpoint, data, split, layer, random_init, batch_size, workers, ou
 
 def backbone_device(backbone):
     return next(backbone.parameters()).device
-
-
-@main.group()
-def benchmark() -> None:
-    """Evaluate frozen features."""
-
-
-@benchmark.command()
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--data", default="fashion-mnist", show_default=True, help=DATA_HELP)
-@click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--random-init", is_flag=True, help="evaluate the same network untrained")
-@click.option("--baselines", is_flag=True, help="add rows for random init and raw pixels")
-@click.option("--k", default=20, show_default=True, help="neighbours")
-@click.option("--temperature", default=0.07, show_default=True)
-@click.option("--workers", default=0, show_default=True)
-def knn(checkpoint, data, out, random_init, baselines, k, temperature, workers) -> None:
-    """Weighted k-NN top-1 on the test split, from train-split features."""
-    from .benchmarks.knn import run_knn
-
-    results = run_knn(checkpoint, data, out, random_init=random_init, baselines=baselines, k=k,
-                      temperature=temperature, workers=workers)
-    console.print(knn_table(results))
-    console.print(f"results: {Path(out) / 'results.json'}")
-
-
-def knn_table(results: dict) -> Table:
-    table = Table(title=f"k-NN (k={results['k']}, T={results['temperature']}) on {results['data']} test")
-    for column in ("features", "dim", "top-1 %", "seconds"):
-        table.add_column(column, justify="right" if column != "features" else "left")
-    for row in results["rows"]:
-        table.add_row(row["features"], str(row["dim"]), f"{row['top1']:.2f}", f"{row['seconds']:.0f}")
-    return table
 
 
 DEMO_METHODS = {"v1": DEFAULT_PRESET, "v2": DEFAULT_V2_PRESET}
@@ -172,7 +120,7 @@ def demo(out: str, methods: str, epochs: int | None) -> None:
     k-NN against random init and raw pixels."""
     import time
 
-    from .benchmarks.knn import run_knn
+    from ..benchmarks.knn import run_knn
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     unknown = [m for m in chosen if m not in DEMO_METHODS]
@@ -201,8 +149,8 @@ def demo(out: str, methods: str, epochs: int | None) -> None:
 
 def _pretrain_or_reuse(config: PretrainConfig) -> Path:
     """Pretrain ``config``, resume it if interrupted, or reuse it if finished."""
-    from .checkpoint import load_checkpoint
-    from .pretrain import pretrain as run_pretrain
+    from ..checkpoint import load_checkpoint
+    from ..pretrain import pretrain as run_pretrain
 
     last = Path(config.out) / "checkpoints" / "last.ckpt"
     if not last.exists():
@@ -214,21 +162,26 @@ def _pretrain_or_reuse(config: PretrainConfig) -> Path:
     return last
 
 
-# Linear benchmark, supervised baseline and the results table (issue #3).
-from .benchmarks.linear import linear_command, train_supervised_command  # noqa: E402
-benchmark.add_command(linear_command, "linear")
-main.add_command(train_supervised_command, "train-supervised")
-from .results import results_command  # noqa: E402
-main.add_command(results_command, "results")
 
 
-# VOC07 SVM and low-shot SVM benchmarks, and make-voc (issue #4).
-from .benchmarks.svm import lowshot_command, svm_command  # noqa: E402
-from .voc import data_group  # noqa: E402
-benchmark.add_command(svm_command, "svm")
-benchmark.add_command(lowshot_command, "lowshot")
-main.add_command(data_group, "data")
+@main.command("train-supervised")
+@click.option("--like", "checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="a pretraining checkpoint whose architecture (and seed) to train")
+@click.option("--data", default=None, help="labelled training data [the checkpoint's]")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--epochs", default=5, show_default=True)
+@click.option("--lr", default=0.05, show_default=True)
+@click.option("--weight-decay", default=5e-4, show_default=True)
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--subset", default=0, show_default=True, help="first N training images (0: all)")
+@click.option("--workers", default=0, show_default=True)
+@click.option("--threads", default=0, show_default=True, help="torch CPU threads (0: the checkpoint's)")
+def train_supervised_command(checkpoint, data, out, epochs, lr, weight_decay, batch_size, subset,
+                             workers, threads) -> None:
+    """Train the same network with labels: the 'supervised' baseline row of every benchmark."""
+    from ..supervised import train_supervised
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    path = train_supervised(checkpoint, out, data=data, epochs=epochs, lr=lr,
+                            weight_decay=weight_decay, batch_size=batch_size, subset=subset,
+                            workers=workers, threads=threads)
+    console.print(f"checkpoint: {path}")
