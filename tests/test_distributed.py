@@ -18,8 +18,9 @@ import torch.multiprocessing as mp
 from sklearn.datasets import load_digits
 from torch import nn
 
-import deepcluster.pretrain as pretrain_module
-import deepcluster.v2 as v2_module
+import deepcluster.methods.deepcluster as v1_module
+import deepcluster.methods.deepcluster_v2 as v2_module
+from deepcluster.engine import pretrain
 from deepcluster.checkpoint import load_checkpoint
 from deepcluster.clustering import l2_normalise, pca_whiten, torch_kmeans
 from deepcluster.config import PretrainConfig
@@ -213,19 +214,19 @@ def _group_norm(module: nn.Module) -> None:
 def _without_batchnorm(arch, sobel=False):
     """The small CNN with per-image GroupNorm for BatchNorm: no statistic depends on how a batch
     is split over processes, so 2 processes must train exactly as 1 (BatchNorm cannot: torch's
-    SyncBatchNorm runs on GPUs only, see pretrain._sync_batchnorm)."""
+    SyncBatchNorm runs on GPUs only, see engine.processes.sync_batchnorm)."""
     backbone = build_backbone(arch, sobel)
     _group_norm(backbone)
     return backbone
 
 
 def _recording_cluster(log: list):
-    """pretrain.cluster, recording every process's model state and assignments each time."""
-    real = pretrain_module.cluster
+    """DeepCluster.cluster, recording every process's model state and assignments each time."""
+    real = v1_module.DeepCluster.cluster
 
-    def cluster(fabric, model, data, config, seed):
-        result, seconds = real(fabric, model, data, config, seed)
-        log.append({"state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+    def cluster(self, seed):
+        result, seconds = real(self, seed)
+        log.append({"state": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
                     "assignments": result.assignments.copy()})
         return result, seconds
     return cluster
@@ -233,13 +234,13 @@ def _recording_cluster(log: list):
 
 def _run(monkeypatch, out, batchnorm=True, resume=None, **changes):
     log: list = []
-    monkeypatch.setattr(pretrain_module, "cluster", _recording_cluster(log))
+    monkeypatch.setattr(v1_module.DeepCluster, "cluster", _recording_cluster(log))
     if not batchnorm:
-        monkeypatch.setattr(pretrain_module, "build_backbone", _without_batchnorm)
+        monkeypatch.setattr(v1_module, "build_backbone", _without_batchnorm)
     config = PretrainConfig(**{**SMALL, "out": str(out), **changes})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = pretrain_module.pretrain(config, resume=resume, progress=False)
+        result = pretrain(config, resume=resume, progress=False)
     return {"history": result.history, "assignments": result.assignments, "log": log,
             "checkpoint": result.checkpoint}
 
@@ -247,6 +248,7 @@ def _run(monkeypatch, out, batchnorm=True, resume=None, **changes):
 # DeepCluster-v2 on the same digits: 2 prototype sets, 2 large + 1 small views, warm-up + cosine.
 # One epoch: the memory bank's spherical k-means is more sensitive to summation order than v1's
 # clustering (after a second epoch, banks 2e-7 apart gave 22 of 400 different ids).
+V1_ONLY = ("augmentation", "pca_dim", "extract_batch_size")
 V2 = dict(method="deepcluster-v2", k=10, prototype_sets=2, projection_dim=16, projection_hidden=32,
           small_crops=1, kmeans_iters=5, lr_schedule="cosine", warmup_epochs=0.5, epochs=1)
 
@@ -271,10 +273,11 @@ def _run_v2(monkeypatch, out, **changes):
     monkeypatch.setattr(v2_module, "multicrop_pipeline", _deterministic_multicrop)
     monkeypatch.setattr(v2_module, "DeepClusterV2Model", _V2WithoutBatchNorm)
     monkeypatch.setattr(v2_module, "build_backbone", _without_batchnorm)
-    config = PretrainConfig(**{**SMALL, **V2, "out": str(out), **changes})
+    common = {k: v for k, v in SMALL.items() if k not in V1_ONLY}
+    config = PretrainConfig(**{**common, **V2, "out": str(out), **changes})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = pretrain_module.pretrain(config, progress=False)
+        result = pretrain(config, progress=False)
     return {"history": result.history, "assignments": result.assignments,
             "checkpoint": result.checkpoint}
 
@@ -329,9 +332,10 @@ def runs(spawned):
     return out, ranks, single
 
 
-def _assert_same_training(distributed, single, rows):
-    """Same assignments at every clustering, same losses, same final weights."""
-    assert len(distributed["log"]) == len(rows)
+def _assert_same_training(distributed, single, rows, clusterings=None):
+    """Same assignments at every clustering (``clusterings`` of them: the last ones), same
+    history rows (``rows``: their epochs), same final weights."""
+    assert len(distributed["log"]) == (clusterings or len(rows))
     for got, want in zip(distributed["log"], single["log"][-len(distributed["log"]):]):
         np.testing.assert_array_equal(got["assignments"], want["assignments"])
     got_rows = distributed["history"]
@@ -378,7 +382,9 @@ def test_two_processes_with_torch_kmeans_resume_as_one_process(runs):
             np.testing.assert_array_equal(got["assignments"], want["assignments"])
         assert first["history"][1]["loss"] == pytest.approx(
             single["torch"]["history"][1]["loss"], rel=1e-5)
-        _assert_same_training(rank["torch-resumed"], single["torch"], rows=[2])
+        # The resumed run's history holds the first run's rows too (from the checkpoint).
+        _assert_same_training(rank["torch-resumed"], single["torch"], rows=[0, 1, 2],
+                              clusterings=1)
 
 
 def test_with_batchnorm_every_process_holds_the_same_network_and_assignments(runs):

@@ -9,11 +9,12 @@ from torch.utils.data import DataLoader
 from deepcluster.checkpoint import backbone_from_checkpoint, load_checkpoint
 from deepcluster.config import PretrainConfig
 from deepcluster.models import build_backbone
-from deepcluster.pretrain import pretrain
+from deepcluster.clustering import torch_kmeans
+from deepcluster.engine import pretrain
+from deepcluster.engine.loaders import IndexedImages
+from deepcluster.engine.schedule import learning_rate
+from deepcluster.methods.deepcluster_v2 import DeepClusterV2, DeepClusterV2Model, cluster_memory
 from deepcluster.transforms import MultiCrop, _ToFloatRGB, extraction_pipeline, multicrop_pipeline
-from deepcluster.pretrain import PseudoLabelled
-from deepcluster.v2 import (DeepClusterV2Model, cluster_memory, scheduled_lr, spherical_kmeans,
-                            train_one_epoch)
 
 SMALL = dict(method="deepcluster-v2", data="fashion-mnist", subset=400, arch="small-cnn", k=20,
              batch_size=100, lr=0.05, warmup_epochs=0.5, lr_schedule="cosine",
@@ -43,7 +44,7 @@ def test_an_empty_cluster_keeps_its_centroid():
     near_east = nn.functional.normalize(torch.tensor([1.0, 0.0, 0.0]) + 0.1 * torch.randn(50, 3), dim=1)
     west = torch.tensor([-1.0, 0.0, 0.0])
     init = torch.stack([near_east[0], near_east[1], west])
-    assignments, centroids = spherical_kmeans(near_east, 3, iterations=4, init=init)
+    assignments, centroids, _ = torch_kmeans(near_east, 3, iterations=4, init=init, spherical=True)
     assert (assignments == 2).sum() == 0
     assert torch.equal(centroids[2], west)
     assert set(assignments.tolist()) == {0, 1}
@@ -76,12 +77,16 @@ def test_the_memory_bank_is_filled_from_the_training_pass_in_dataset_order(fashi
     generator = torch.Generator().manual_seed(0)
     # One shuffled batch holding every image: BatchNorm's batch statistics do not depend on the
     # order, so each image's embedding is the same as in a dataset-order pass.
-    indexed = PseudoLabelled(images.with_transform(extraction.sample), np.arange(64))
+    indexed = IndexedImages(images.with_transform(extraction.sample))
     loader = DataLoader(indexed, batch_size=64,
                         shuffle=True, generator=generator)
     assert next(iter(loader))[1].tolist() != list(range(64))
-    train_one_epoch(fabric, model, None, loader, views, memory, None, None,
-                    PretrainConfig(**SMALL), 0, desc="fill")
+    method = DeepClusterV2(PretrainConfig(**SMALL), fabric)
+    method.memory = memory
+    model.train()
+    with torch.no_grad():
+        for batch, indices in loader:
+            method.remember(model, views(batch), indices)
     x = extraction.batch(torch.stack([images.with_transform(extraction.sample)[i][0]
                                       for i in range(64)]))
     with torch.no_grad():
@@ -91,7 +96,7 @@ def test_the_memory_bank_is_filled_from_the_training_pass_in_dataset_order(fashi
 
 def test_learning_rate_warms_up_then_follows_the_cosine():
     config = PretrainConfig(lr=0.4, epochs=4, warmup_epochs=1, lr_schedule="cosine")
-    lrs = [scheduled_lr(config, step, steps_per_epoch=10) for step in range(40)]
+    lrs = [learning_rate(config, step, steps_per_epoch=10) for step in range(40)]
     assert lrs[0] == pytest.approx(0.04) and lrs[9] == pytest.approx(0.4)
     assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
@@ -124,7 +129,6 @@ def test_v2_pretraining_learns_writes_v1_compatible_checkpoints_and_resumes(tmp_
     untrained, _ = backbone_from_checkpoint(result.checkpoint, random_init=True)
     assert config.method == "deepcluster-v2"
     assert not torch.equal(trained.stages[0][0].weight, untrained.stages[0][0].weight)
-    # Resuming for a third epoch continues the history from epoch 3.
-    resumed = run(tmp_path, "v2", resume=result.checkpoint, epochs=3)
-    assert [row["epoch"] for row in resumed.history] == [3]
-    assert load_checkpoint(resumed.checkpoint)["epoch"] == 3
+    # The cosine schedule was planned over 2 epochs: a third would change it, so it is refused.
+    with pytest.raises(ValueError, match="planned over 2 epochs"):
+        run(tmp_path, "v2", resume=result.checkpoint, epochs=3)

@@ -11,6 +11,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .config import PretrainConfig
+from .models import build_backbone
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(temp_path)`` then rename onto ``path``, so a crash never leaves half a file."""
@@ -84,11 +87,8 @@ def backbone_from_checkpoint(path: str | os.PathLike, random_init: bool = False)
     With ``random_init`` the same architecture is built but keeps its seeded initial weights, the
     baseline every benchmark reports beside the trained network.
     """
-    from .config import PretrainConfig
-    from .models import build_backbone
-
     state = load_checkpoint(path)
-    config = PretrainConfig.from_dict(state["config"])
+    config = PretrainConfig.from_dict(state["config"], source=str(path))
     torch.manual_seed(config.seed)
     backbone = build_backbone(config.arch, config.sobel)
     if not random_init:

@@ -172,11 +172,17 @@ class _Workers:
 
 
 def _nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int, workers: _Workers,
-             with_sums: bool = False, with_best: bool = False) -> _Assignment:
-    """Nearest centroid of every row of ``x``, by matrix products in chunks dealt round-robin to
-    the workers, each with its own score buffer and partial sums."""
-    minus_twice = (-2.0 * centroids).T.contiguous()
-    norms = (centroids * centroids).sum(dim=1)
+             with_sums: bool = False, with_best: bool = False,
+             spherical: bool = False) -> _Assignment:
+    """Nearest centroid of every row of ``x`` (``spherical``: by cosine similarity), by matrix
+    products in chunks dealt round-robin to the workers, each with its own score buffer and
+    partial sums."""
+    if spherical:  # the largest cosine: the smallest -x.c (rows and centroids of unit norm)
+        minus_twice = (-centroids).T.contiguous()
+        norms = torch.zeros(len(centroids), dtype=centroids.dtype, device=centroids.device)
+    else:
+        minus_twice = (-2.0 * centroids).T.contiguous()
+        norms = (centroids * centroids).sum(dim=1)
     out = _Assignment(torch.empty(len(x), dtype=torch.int64, device=x.device),
                       torch.empty(len(x), dtype=x.dtype, device=x.device) if with_best else None)
     starts = list(range(0, len(x), chunk))
@@ -259,8 +265,15 @@ def initial_centroids(x: torch.Tensor, k: int, seed: int = 0,
 
 def torch_kmeans(x: torch.Tensor, k: int, iterations: int = 20, seed: int = 0,
                  chunk: int | None = None, distributed: bool | None = None,
-                 init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+                 init: torch.Tensor | None = None,
+                 spherical: bool = False) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Lloyd's k-means in torch on ``x``'s device; returns (assignments, centroids, inertia).
+
+    ``spherical`` (DeepCluster-v2's prototypes, rows of unit norm): points go to the centroid of
+    largest cosine similarity, centroids are the L2-normalised means of their members, a cluster
+    that loses all its members keeps its centroid, and the last step is an update, so that the
+    returned centroids are exactly the normalised means of the returned clusters (inertia: the
+    sum of 1 - cosine).
 
     Under torch.distributed (``distributed`` None: whenever it is initialised with several
     processes) each process passes its own shard of the points and gets the assignments of its
@@ -279,17 +292,25 @@ def torch_kmeans(x: torch.Tensor, k: int, iterations: int = 20, seed: int = 0,
     else:
         centroids = init.to(device=x.device, dtype=x.dtype, copy=True)
     with _cpu_workers(x.device) as workers:
-        for _ in range(iterations):
-            step = _nearest(x, centroids, chunk, workers, with_sums=True)
+        for _ in range(max(1, iterations) if spherical else iterations):
+            step = _nearest(x, centroids, chunk, workers, with_sums=True, with_best=spherical,
+                            spherical=spherical)
             counts = torch.bincount(step.ids, minlength=k).to(x.dtype)
             if distributed:
                 all_reduce_sum(step.sums)
                 all_reduce_sum(counts)
             non_empty = counts > 0
-            centroids[non_empty] = step.sums[non_empty] / counts[non_empty, None]
-            _split_largest(centroids, counts)
-        final = _nearest(x, centroids, chunk, workers, with_best=True)
-    inertia = (final.best + (x * x).sum(dim=1)).clamp_min_(0.0).sum()
+            if spherical:
+                centroids[non_empty] = torch.nn.functional.normalize(step.sums[non_empty], dim=1)
+            else:
+                centroids[non_empty] = step.sums[non_empty] / counts[non_empty, None]
+                _split_largest(centroids, counts)
+        if spherical:  # the clusters of the last update, whose normalised means are the centroids
+            final = step
+            inertia = (1.0 + final.best).sum()
+        else:
+            final = _nearest(x, centroids, chunk, workers, with_best=True)
+            inertia = (final.best + (x * x).sum(dim=1)).clamp_min_(0.0).sum()
     if distributed:
         all_reduce_sum(inertia)
     return final.ids, centroids, float(inertia)

@@ -1,144 +1,225 @@
-"""Pretraining configuration and its named presets.
+"""Pretraining configuration: one frozen dataclass whose fields are grouped by what they belong to.
 
-A preset is a complete ``PretrainConfig``; the command line starts from one and overrides any
-field (``--k 100``, ``--lr 0.05`` ...). The chosen values are saved in every checkpoint, so that a
-benchmark can rebuild the same network.
+Every field says which methods use it (``common``: all of them) and whether it may change when a
+run is resumed. A method-specific field is ``None`` until resolved: left unset it takes its
+default for the methods that use it, and stays ``None`` for the others; set for a method that
+does not use it, it is an error (``--prototype-sets 5`` with ``--method deepcluster``).
+
+A config is saved in every checkpoint (``to_dict``, with ``CONFIG_VERSION``) and as ``config.yaml``
+in every run folder; ``from_dict`` also reads the flat configs of checkpoints written before the
+fields were grouped (version 1).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import Field, asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from .clustering import KMEANS_BACKENDS
 from .models import ARCHITECTURES
 from .transforms import AUGMENTATIONS
 
-LR_SCHEDULES = ("constant", "cosine")
-METHODS = ("deepcluster", "deepcluster-v2")
+V1, V2, SUPERVISED = "deepcluster", "deepcluster-v2", "supervised"
+METHODS = (V1, V2, SUPERVISED)
+COMMON = METHODS
+GROUP_TITLES = {COMMON: "common to every method", (V1, V2): "DeepCluster v1 and v2",
+                (V1, SUPERVISED): "DeepCluster v1 and the supervised baseline",
+                (V1,): "DeepCluster (v1)", (V2,): "DeepCluster-v2"}
+# One meaning per name: "cosine" decays every step (after the warm-up) to zero at the last step;
+# "cosine-epoch" decays once per epoch (the original DeepCluster code's cosine).
+LR_SCHEDULES = ("constant", "cosine", "cosine-epoch")
+EPOCH_DEPENDENT_SCHEDULES = ("cosine", "cosine-epoch")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+CONFIG_VERSION = 2
+
+
+def option(default: Any, help: str, methods: tuple[str, ...] = COMMON, resume: bool = False,
+           choices: tuple[str, ...] | None = None, minimum: float | None = None) -> Any:
+    """A config field: its default, help, the methods that use it, whether it may change on
+    resume, and its allowed values. Method-specific fields default to None (resolved later)."""
+    metadata = {"help": help, "methods": methods, "resume": resume, "default": default,
+                "choices": choices, "minimum": minimum}
+    return field(default=default if methods == COMMON else None, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    method: str = field(default="deepcluster", metadata={"help": "deepcluster (v1: k-means on PCA-whitened features, fresh linear head) or deepcluster-v2 (spherical k-means prototypes of a projected memory bank, multi-crop)"})
-    data: str = field(default="fashion-mnist", metadata={"help": "dataset: fashion-mnist, mnist, digits, idx:DIR, a class-folder tree, a list file or an image folder"})
-    subset: int = field(default=0, metadata={"help": "use only the first N training images (0: all)"})
-    skip_unreadable: bool = field(default=False, metadata={"help": "drop and count unreadable images instead of failing"})
-    arch: str = field(default="small-cnn", metadata={"help": "backbone: " + ", ".join(ARCHITECTURES)})
-    sobel: bool = field(default=True, metadata={"help": "fixed Sobel input layer (grey + Sobel pair)"})
-    image_size: int = field(default=28, metadata={"help": "training and extraction crop size in pixels"})
-    augmentation: str = field(default="small", metadata={"help": "training augmentation: " + ", ".join(AUGMENTATIONS)})
-    k: int = field(default=100, metadata={"help": "number of k-means clusters"})
-    pca_dim: int = field(default=64, metadata={"help": "PCA-whitening dimension before k-means"})
-    streaming_pca: bool = field(default=True, metadata={"help": "fit the PCA batch by batch while extracting and spill the full features to a temporary file: N x pca_dim in memory, not N x D"})
-    reset_head: bool = field(default=True, metadata={"help": "re-initialise the classifier head before every epoch (the cluster ids change meaning at each clustering)"})
-    kmeans_iters: int = field(default=20, metadata={"help": "k-means iterations per clustering"})
-    kmeans_backend: str = field(default="faiss", metadata={"help": "k-means implementation: " + ", ".join(KMEANS_BACKENDS)})
-    prototype_sets: int = field(default=3, metadata={"help": "v2: number of spherical k-means runs, each giving a set of k prototypes"})
-    projection_dim: int = field(default=128, metadata={"help": "v2: dimension of the L2-normalised embedding the prototypes live in"})
-    projection_hidden: int = field(default=512, metadata={"help": "v2: hidden width of the projection MLP"})
-    temperature: float = field(default=0.1, metadata={"help": "v2: softmax temperature of the embedding-prototype similarities"})
-    large_crops: int = field(default=2, metadata={"help": "v2: full-size crops per image (each keeps its own memory bank)"})
-    small_crops: int = field(default=2, metadata={"help": "v2: extra small crops per image (multi-crop)"})
-    small_crop_size: int = field(default=0, metadata={"help": "v2: side of the small crops in pixels (0: 3/7 of image_size, as 96 is of 224)"})
-    warmup_epochs: float = field(default=0.0, metadata={"help": "linear learning-rate warm-up before the schedule, in epochs (v2)"})
-    epochs: int = field(default=6, metadata={"help": "training epochs (one clustering before the first and after each)"})
-    batch_size: int = field(default=256, metadata={"help": "training batch size (the global batch: split over the processes of a multi-process run)"})
-    lr: float = field(default=0.1, metadata={"help": "SGD learning rate"})
-    lr_schedule: str = field(default="constant", metadata={"help": "learning-rate schedule over the epochs: " + ", ".join(LR_SCHEDULES)})
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum of the backbone (the head gets none)"})
-    weight_decay: float = field(default=1e-5, metadata={"help": "SGD weight decay"})
-    extract_batch_size: int = field(default=512, metadata={"help": "batch size of the extraction pass"})
-    decode_on_device: bool = field(default=False, metadata={"help": "loader reads only the files' bytes; JPEGs are decoded, cropped and resized on the training device (nvJPEG on a GPU); image files, DeepCluster v1 only"})
-    workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
-    accelerator: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
-    devices: int = field(default=1, metadata={"help": "devices per node"})
-    precision: str = field(default="32-true", metadata={"help": "training precision: " + ", ".join(PRECISIONS)})
-    channels_last: bool = field(default=True, metadata={"help": "channels-last memory layout for model and batches (faster convolutions)"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the backbone: faster steps on GPUs after a compile of a minute or two (on the CPU it needs a C++ compiler)"})
-    seed: int = field(default=0, metadata={"help": "seed of initialisation, k-means, sampling and augmentation"})
-    keep_every: int = field(default=0, metadata={"help": "also keep the checkpoint of every N-th epoch as checkpoints/epoch_NNN.ckpt (0: only last.ckpt)"})
-    out: str = field(default="runs/pretrain", metadata={"help": "output folder (checkpoints, logs, assignments)"})
+    # --- common to every method ---------------------------------------------------------------
+    method: str = option(V1, "deepcluster (v1: k-means on PCA-whitened features, fresh linear head), deepcluster-v2 (spherical k-means prototypes of a projected memory bank, multi-crop) or supervised (the true labels)", choices=METHODS)
+    data: str = option("fashion-mnist", "dataset: fashion-mnist, mnist, digits, idx:DIR, imagenet:ROOT, a class-folder tree, a list file or an image folder")
+    subset: int = option(0, "use only the first N training images (0: all)", minimum=0)
+    skip_unreadable: bool = option(False, "drop and count unreadable images instead of failing")
+    arch: str = option("small-cnn", "backbone", choices=ARCHITECTURES)
+    sobel: bool = option(True, "fixed Sobel input layer (grey + Sobel pair)")
+    image_size: int = option(28, "training and extraction crop size in pixels", minimum=1)
+    epochs: int = option(6, "training epochs (DeepCluster: one clustering before the first and after each)", resume=True, minimum=1)
+    batch_size: int = option(256, "training batch size (the global batch: split over the processes of a multi-process run)", minimum=1)
+    lr: float = option(0.1, "SGD learning rate", minimum=1e-300)
+    lr_schedule: str = option("constant", "learning rate over the run: constant; cosine (every step, to zero at the end); cosine-epoch (once per epoch)", choices=LR_SCHEDULES)
+    warmup_epochs: float = option(0.0, "linear learning-rate warm-up before the schedule, in epochs", minimum=0)
+    momentum: float = option(0.9, "SGD momentum (DeepCluster v1's head, re-initialised every epoch, gets none)", minimum=0)
+    weight_decay: float = option(1e-5, "SGD weight decay", minimum=0)
+    workers: int = option(0, "data-loading worker processes (kept for the whole run)", resume=True, minimum=0)
+    threads: int = option(0, "torch CPU threads (0: torch's default)", resume=True, minimum=0)
+    accelerator: str = option("auto", "cpu, cuda or auto", resume=True)
+    devices: int = option(1, "devices per node", resume=True, minimum=1)
+    precision: str = option("32-true", "training precision", choices=PRECISIONS)
+    channels_last: bool = option(True, "channels-last memory layout for model and batches (faster convolutions)")
+    compile: bool = option(False, "torch.compile the backbone: faster steps on GPUs after a compile of a minute or two (on the CPU it needs a C++ compiler)", resume=True)
+    seed: int = option(0, "seed of initialisation, clustering, sampling and augmentation")
+    keep_every: int = option(0, "also keep the checkpoint of every N-th epoch as checkpoints/epoch_NNN.ckpt (0: only last.ckpt)", resume=True, minimum=0)
+    out: str = option("runs/pretrain", "run folder (config.yaml, checkpoints, metrics.csv, TensorBoard, assignments)", resume=True)
+    # --- DeepCluster v1 and the supervised baseline -----------------------------------------
+    augmentation: str = option("small", "training augmentation", methods=(V1, SUPERVISED), choices=AUGMENTATIONS)
+    # --- DeepCluster v1 and v2 ------------------------------------------------------------------
+    k: int = option(100, "number of clusters (v2: per prototype set)", methods=(V1, V2), minimum=2)
+    kmeans_iters: int = option(20, "k-means iterations per clustering", methods=(V1, V2), minimum=1)
+    # --- DeepCluster (v1) -----------------------------------------------------------------------
+    pca_dim: int = option(64, "PCA-whitening dimension before k-means", methods=(V1,), minimum=1)
+    streaming_pca: bool = option(True, "fit the PCA batch by batch while extracting: N x pca_dim in memory, not N x D", methods=(V1,), resume=True)
+    reset_head: bool = option(True, "re-initialise the classifier head before every epoch (the cluster ids change meaning at each clustering)", methods=(V1,))
+    kmeans_backend: str = option("faiss", "k-means implementation", methods=(V1,), choices=KMEANS_BACKENDS)
+    extract_batch_size: int = option(512, "batch size of the extraction pass", methods=(V1,), resume=True, minimum=1)
+    decode_on_device: bool = option(False, "loader reads only the files' bytes; JPEGs are decoded, cropped and resized on the training device (nvJPEG on a GPU); image files only", methods=(V1,), resume=True)
+    # --- DeepCluster-v2 -------------------------------------------------------------------------
+    prototype_sets: int = option(3, "number of spherical k-means runs, each giving a set of k prototypes", methods=(V2,), minimum=1)
+    projection_dim: int = option(128, "dimension of the L2-normalised embedding the prototypes live in", methods=(V2,), minimum=1)
+    projection_hidden: int = option(512, "hidden width of the projection MLP", methods=(V2,), minimum=1)
+    temperature: float = option(0.1, "softmax temperature of the embedding-prototype similarities", methods=(V2,), minimum=1e-300)
+    large_crops: int = option(2, "full-size crops per image (each keeps its own memory bank)", methods=(V2,), minimum=1)
+    small_crops: int = option(2, "extra small crops per image (multi-crop)", methods=(V2,), minimum=0)
+    small_crop_size: int = option(0, "side of the small crops in pixels (0: 3/7 of image_size, as 96 is of 224)", methods=(V2,), minimum=0)
 
     def __post_init__(self) -> None:
-        _check_choice("method", self.method, METHODS)
-        _check_choice("arch", self.arch, ARCHITECTURES)
-        _check_choice("augmentation", self.augmentation, AUGMENTATIONS)
-        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        _check_choice("precision", self.precision, PRECISIONS)
-        _check_choice("kmeans_backend", self.kmeans_backend, KMEANS_BACKENDS)
-        for name in ("k", "pca_dim", "kmeans_iters", "epochs", "batch_size", "image_size",
-                     "extract_batch_size", "devices", "prototype_sets", "projection_dim",
-                     "projection_hidden", "large_crops"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
-        for name in ("subset", "workers", "threads", "keep_every", "small_crops", "small_crop_size",
-                     "warmup_epochs"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must not be negative")
-        if self.lr <= 0:
-            raise ValueError(f"lr={self.lr} must be positive")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature={self.temperature} must be positive")
+        check_choice("method", self.method, METHODS)
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if self.method not in spec.metadata["methods"]:
+                if value is not None:
+                    raise ValueError(f"{spec.name}={value!r} is a {uses(spec)} option; "
+                                     f"method {self.method!r} does not use it")
+                continue
+            if value is None:
+                value = spec.metadata["default"]
+                object.__setattr__(self, spec.name, value)
+            check_value(spec, value)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field that the method uses (unused ones are left out), and the version."""
+        return {**{k: v for k, v in asdict(self).items() if v is not None},
+                "config_version": CONFIG_VERSION}
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "PretrainConfig":
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "PretrainConfig":
+        """A config from ``to_dict``'s output, a YAML file's mapping or a version-1 checkpoint's
+        flat config; errors name ``source`` and the key at fault."""
+        values = dict(values)
+        version = values.pop("config_version", 1)
+        if version == 1:
+            values = upgrade_version_1(values)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown config key(s): {', '.join(unknown)}")
-        return cls(**values)
+            raise ValueError(f"{source}: unknown config key(s): {', '.join(unknown)}")
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{source}: {error}") from error
 
     def override(self, **changes: Any) -> "PretrainConfig":
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """The config with the non-None ``changes``. A change of method keeps only the fields
+        that the new method uses."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        method = changes.get("method", self.method)
+        if method != self.method:
+            keep = {f.name: getattr(self, f.name) for f in fields(self)
+                    if method in f.metadata["methods"] and self.method in f.metadata["methods"]}
+            unused = {f.name: None for f in fields(self) if method not in f.metadata["methods"]}
+            return replace(self, **{**unused, **keep, **changes})
+        return replace(self, **changes)
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML, one commented section per group of fields."""
+        import yaml
+
+        lines: list[str] = []
+        for methods, title in GROUP_TITLES.items():
+            names = [f.name for f in fields(self)
+                     if f.metadata["methods"] == methods and getattr(self, f.name) is not None]
+            if names:
+                lines.append(f"# {title}")
+                lines += [yaml.safe_dump({n: getattr(self, n)}, sort_keys=False).rstrip()
+                          for n in names]
+        lines.append(f"config_version: {CONFIG_VERSION}")
+        return "\n".join(lines) + "\n"
 
 
-def _check_choice(name: str, value: str, choices) -> None:
+def uses(spec: Field) -> str:
+    methods = spec.metadata["methods"]
+    return " and ".join(methods) if methods != COMMON else "common"
+
+
+def check_choice(name: str, value: Any, choices) -> None:
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(choices)}")
 
 
-PRESETS: dict[str, PretrainConfig] = {
-    # The default: learns visibly on Fashion-MNIST within about ten minutes on a 2-core CPU.
-    # bf16 convolutions: 1.5x faster on CPUs with AVX-512 BF16 (and on GPUs); 32-true elsewhere.
-    # The augmentation is the one docs/ablation.md found best (crop scale 0.14-1, flip, jitter).
-    "fashion-mnist": PretrainConfig(precision="bf16-mixed", augmentation="strong"),
-    # The same for a user with an hour: 40 epochs (docs/ablation.md: what 15 and 60 minutes reach).
-    "quality": PretrainConfig(precision="bf16-mixed", augmentation="strong", epochs=40,
-                              out="runs/quality"),
-    # DeepCluster-v2 on the same data: 3 x 100 prototypes, 2 x 28 px + 2 x 12 px crops, cosine
-    # schedule after a half-epoch warm-up.
-    "fashion-mnist-v2": PretrainConfig(
-        method="deepcluster-v2", precision="bf16-mixed", kmeans_iters=10, lr_schedule="cosine",
-        warmup_epochs=0.5, epochs=3),
-    # The MMSelfSup recipe (configs/selfsup/deepcluster, 8 GPUs x 64 images).
-    "imagenet-resnet50-sobel": PretrainConfig(
-        data="imagenet/train", arch="resnet50", sobel=True, image_size=224,
-        augmentation="mmselfsup", k=10000, pca_dim=256, epochs=200, batch_size=512, lr=0.1,
-        weight_decay=1e-5, extract_batch_size=512, workers=8, out="runs/imagenet-resnet50-sobel"),
-    # The original facebookresearch/deepcluster recipe (AlexNet, Sobel, lr 0.05, batch 256).
-    "imagenet-alexnet-original": PretrainConfig(
-        data="imagenet/train", arch="alexnet", sobel=True, image_size=224,
-        augmentation="original", k=10000, pca_dim=256, epochs=500, batch_size=256, lr=0.05,
-        weight_decay=1e-5, workers=8, out="runs/imagenet-alexnet-original"),
-    # The setting MMSelfSup 1.0.0's DeepCluster was measured with on this kind of CPU.
-    "mmselfsup-peer": PretrainConfig(
-        data="fashion-mnist", subset=10000, arch="resnet18", sobel=True, image_size=64,
-        augmentation="mmselfsup", k=100, pca_dim=256, epochs=3, batch_size=64, lr=0.0125,
-        extract_batch_size=64, workers=1, threads=1, precision="bf16-mixed",
-        out="runs/mmselfsup-peer"),
-}
-
-DEFAULT_PRESET = "fashion-mnist"
-DEFAULT_V2_PRESET = "fashion-mnist-v2"
+def check_value(spec: Field, value: Any) -> None:
+    if spec.metadata["choices"] is not None:
+        check_choice(spec.name, value, spec.metadata["choices"])
+    minimum = spec.metadata["minimum"]
+    if minimum is not None and value < minimum:
+        rule = "must be positive" if minimum == 1e-300 else (
+            "must not be negative" if minimum == 0 else f"must be at least {minimum}")
+        raise ValueError(f"{spec.name}={value} {rule}")
 
 
-def get_preset(name: str) -> PretrainConfig:
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name]
+def upgrade_version_1(values: dict[str, Any]) -> dict[str, Any]:
+    """A flat version-1 config (every field of every method, one meaning of "cosine" per method)
+    in today's terms: fields the method does not use are dropped, and DeepCluster v1's
+    "cosine" (decayed once per epoch) becomes "cosine-epoch"."""
+    method = values.get("method", V1)
+    by_name = {f.name: f for f in fields(PretrainConfig)}
+    upgraded = {name: value for name, value in values.items()
+                if name not in by_name or method in by_name[name].metadata["methods"]}
+    if method == V1 and upgraded.get("lr_schedule") == "cosine":
+        upgraded["lr_schedule"] = "cosine-epoch"
+    return upgraded
+
+
+def resumable_fields() -> tuple[str, ...]:
+    """The fields a resumed run may change (``epochs`` within the limits of ``check_resume``)."""
+    return tuple(f.name for f in fields(PretrainConfig) if f.metadata["resume"])
+
+
+def default_of(name: str) -> Any:
+    """A field's default for the methods that use it."""
+    spec = {f.name: f for f in fields(PretrainConfig)}[name]
+    return spec.metadata["default"] if spec.default is None else spec.default
+
+
+def load_yaml_config(path: str | Path, base: PretrainConfig | None = None) -> PretrainConfig:
+    """``base`` (default: the default config) with the fields of the YAML file ``path``; a
+    partial file changes only what it names. Errors name the file and the key."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of config fields, got {type(values).__name__}")
+    version = values.pop("config_version", CONFIG_VERSION)
+    base_values = (base or PretrainConfig()).to_dict()
+    method = values.get("method", base_values["method"])
+    if method != base_values["method"]:
+        base_values = (base or PretrainConfig()).override(method=method).to_dict()
+    merged = {**base_values, **values, "config_version": version}
+    if version == 1:
+        merged = {**base_values, **upgrade_version_1(values), "config_version": CONFIG_VERSION}
+    return PretrainConfig.from_dict(merged, source=str(path))
+

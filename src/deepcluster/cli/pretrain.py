@@ -8,8 +8,13 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ..checkpoint import save_json
-from ..config import DEFAULT_PRESET, DEFAULT_V2_PRESET, PRESETS, PretrainConfig, get_preset
+from ..checkpoint import load_checkpoint, save_json
+from ..config import METHODS, PretrainConfig, default_of, load_yaml_config, uses
+from ..distributed import rank_and_world
+from ..engine import pretrain as run_pretrain
+from ..engine.checkpoints import checkpoint_path
+from ..engine.resume import find_checkpoint, resumed_config
+from ..presets import DEFAULT_PRESET, DEFAULT_V2_PRESET, PRESETS, get_preset
 from ..report import console
 from . import main
 from .benchmark import knn_table
@@ -17,49 +22,65 @@ from .benchmark import knn_table
 DATA_HELP = "fashion-mnist, mnist, digits, idx:DIR, or a path (class folders, list file, image folder)"
 
 def _config_options(command):
-    """One ``--name`` option per PretrainConfig field; unset options keep the preset's value."""
-    default = PRESETS[DEFAULT_PRESET]
+    """One ``--name`` option per PretrainConfig field; unset options keep the preset's (or the
+    config file's, or the resumed checkpoint's) value."""
     for spec in reversed(dataclasses.fields(PretrainConfig)):
         flag = spec.name.replace("_", "-")
-        help_text = f"{spec.metadata['help']} [{DEFAULT_PRESET}: {getattr(default, spec.name)}]"
+        used_by = "" if spec.metadata["methods"] == METHODS else f" ({uses(spec)} only)"
+        resumable = "; may change on resume" if spec.metadata["resume"] else ""
+        help_text = f"{spec.metadata['help']}{used_by} [default: {default_of(spec.name)}{resumable}]"
         if spec.type in ("bool", bool):
             option = click.option(f"--{flag}/--no-{flag}", spec.name, default=None, help=help_text)
         else:
             kind = {"int": int, "float": float, "str": str}[spec.type]
+            if spec.metadata["choices"]:
+                kind = click.Choice(spec.metadata["choices"])
             option = click.option(f"--{flag}", spec.name, type=kind, default=None, help=help_text)
         command = option(command)
     return command
 
 
 @main.command()
-@click.option("--preset", default=DEFAULT_PRESET, show_default=True,
-              type=click.Choice(sorted(PRESETS)), help="named recipe to start from")
-@click.option("--resume", type=click.Path(exists=True, dir_okay=False),
-              help="continue a run from its checkpoint (e.g. OUT/checkpoints/last.ckpt)")
+@click.option("--preset", default=None, type=click.Choice(sorted(PRESETS)),
+              help=f"named recipe to start from [{DEFAULT_PRESET}]")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="a YAML config to start from (e.g. a run's config.yaml); flags override it")
+@click.option("--resume", help="continue a run: its checkpoint, its run folder, or 'auto' (the "
+              "last checkpoint of --out, if any; else a fresh start). Only the fields that may "
+              "change on resume may be given with it")
 @_config_options
-def pretrain(preset: str, resume: str | None, **overrides) -> None:
-    """Train a network with DeepCluster (cluster, train on the cluster ids, repeat)."""
-    from ..pretrain import pretrain as run_pretrain
-
-    config = get_preset(preset).override(**overrides)
-    _refuse_to_overwrite(config, resume)
-    result = run_pretrain(config, resume=resume)
+def pretrain(preset: str | None, config_file: str | None, resume: str | None, **overrides) -> None:
+    """Train a network with DeepCluster, DeepCluster-v2 or the supervised baseline."""
+    config, checkpoint = _run_config(preset, config_file, resume, overrides)
+    result = run_pretrain(config, resume=checkpoint)
     if not _other_rank():
         console.print(f"checkpoint: {result.checkpoint}")
 
 
+def _run_config(preset: str | None, config_file: str | None, resume: str | None,
+                overrides: dict) -> tuple[PretrainConfig, Path | None]:
+    """The run's config and the checkpoint it resumes (None: a fresh run)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if resume is not None and (preset or config_file):
+        raise click.UsageError("--resume continues a run with its own config; drop --preset/--config")
+    base = load_yaml_config(config_file, get_preset(preset or DEFAULT_PRESET)) if config_file \
+        else get_preset(preset or DEFAULT_PRESET)
+    if resume is not None:
+        out = given.get("out", base.out)
+        checkpoint = find_checkpoint(resume, out)
+        if checkpoint is not None:
+            return resumed_config(checkpoint, given), checkpoint
+    config = base.override(**given)
+    last = checkpoint_path(config.out)
+    if last.exists():
+        raise click.ClickException(f"{config.out} already holds a run ({last}); pass --resume auto "
+                                   f"(or --resume {last}) to continue it, or another --out")
+    return config, None
+
+
 def _other_rank() -> bool:
     """Whether this is a process other than rank 0 of a multi-process run."""
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_rank() > 0
-
-
-def _refuse_to_overwrite(config: PretrainConfig, resume: str | None) -> None:
-    last = Path(config.out) / "checkpoints" / "last.ckpt"
-    if resume is None and last.exists():
-        raise click.ClickException(f"{config.out} already holds a run ({last}); pass --resume {last} "
-                                   "to continue it, or another --out")
+    return rank_and_world()[0] > 0
 
 
 @main.command()
@@ -70,8 +91,8 @@ def presets() -> None:
                    "lr"):
         table.add_column(column)
     for name, c in PRESETS.items():
-        table.add_row(name, c.method, c.data, c.arch, str(c.sobel), str(c.image_size), str(c.k),
-                      str(c.epochs), str(c.batch_size), str(c.lr))
+        table.add_row(name, c.method, c.data, c.arch, str(c.sobel), str(c.image_size),
+                      str(c.k or "-"), str(c.epochs), str(c.batch_size), str(c.lr))
     console.print(table)
 
 
@@ -91,7 +112,7 @@ def presets() -> None:
 def extract(checkpoint, data, split, layer, random_init, batch_size, workers, out) -> None:
     """Extract features of a dataset with a pretrained (or random-init) backbone."""
     from ..checkpoint import backbone_from_checkpoint, save_npz
-    from ..data import load_dataset
+    from ..datasets import load_dataset
     from ..features import extract, make_loader, pooled_map
     from ..transforms import extraction_transform
 
@@ -149,9 +170,6 @@ def demo(out: str, methods: str, epochs: int | None) -> None:
 
 def _pretrain_or_reuse(config: PretrainConfig) -> Path:
     """Pretrain ``config``, resume it if interrupted, or reuse it if finished."""
-    from ..checkpoint import load_checkpoint
-    from ..pretrain import pretrain as run_pretrain
-
     last = Path(config.out) / "checkpoints" / "last.ckpt"
     if not last.exists():
         run_pretrain(config)
@@ -179,7 +197,7 @@ def _pretrain_or_reuse(config: PretrainConfig) -> Path:
 def train_supervised_command(checkpoint, data, out, epochs, lr, weight_decay, batch_size, subset,
                              workers, threads) -> None:
     """Train the same network with labels: the 'supervised' baseline row of every benchmark."""
-    from ..supervised import train_supervised
+    from ..api import train_supervised
 
     path = train_supervised(checkpoint, out, data=data, epochs=epochs, lr=lr,
                             weight_decay=weight_decay, batch_size=batch_size, subset=subset,

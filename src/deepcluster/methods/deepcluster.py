@@ -1,0 +1,163 @@
+"""DeepCluster (Caron et al., 2018) as a method of the training engine.
+
+Before the first epoch and after each one, the whole training set is clustered:
+  1. extract the backbone's global feature of every image (eval mode, no augmentation);
+  2. PCA-whiten to ``pca_dim`` dimensions and L2-normalise;
+  3. k-means with a new seed each time; the cluster ids become the pseudo-labels.
+Each epoch then:
+  4. samples the same number of images from every non-empty cluster;
+  5. re-initialises the linear head (which has no momentum);
+  6. trains backbone and head with cross-entropy on the pseudo-labels, with augmentation.
+
+Across processes (the engine shards step 4's order and averages the gradients), step 1 extracts
+each process's contiguous shard, the streaming PCA's sums are all-reduced, and step 3 runs either
+on rank 0 (faiss; the assignments are broadcast) or as a distributed torch k-means over the shards
+(the assignments all-gathered): every process holds the same N assignments. Step 5 uses the
+epoch's common seed, so every process draws the same head.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..clustering import ClusteringResult, check_k, cluster_features, cluster_whitened, nmi
+from ..data import ArrayImageDataset, ImageFileDataset
+from ..datasets import load_dataset
+from ..device_decode import DecodeOnDevice, collate_encoded
+from ..distributed import is_distributed
+from ..features import extract_global, extract_whitened
+from ..models import DeepClusterModel, build_backbone, reset_head
+from ..sampler import padded_length, uniform_cluster_indices
+from ..sharded_clustering import cluster_shards
+from ..transforms import (ChannelsLast, device_decode_pipeline, extraction_pipeline, is_small,
+                          training_pipeline)
+from .base import Method, Refresh, RunContext, TrainingData
+
+
+class DeepCluster(Method):
+    name = "deepcluster"
+    title = "DeepCluster pretraining"
+
+    def training_data(self) -> TrainingData:
+        config = self.config
+        images = load_dataset(config.data, "train", skip_unreadable=config.skip_unreadable)
+        if config.subset:
+            images = images.subset(config.subset)
+        check_k(len(images), config.k)
+        if config.decode_on_device:
+            train, extract, collate = self._decoded_on_device(images)
+        else:
+            # Small images held in memory are augmented a whole batch at a time (much faster).
+            in_memory = isinstance(images, ArrayImageDataset) and is_small(config.image_size)
+            pipeline = training_pipeline(config.augmentation, config.image_size, in_memory)
+            extraction = extraction_pipeline(config.image_size, in_memory)
+            train = (images.with_transform(pipeline.sample), pipeline.batch)
+            extract = (images.with_transform(extraction.sample), extraction.batch)
+            collate = None
+        if config.channels_last:
+            train = (train[0], nn.Sequential(train[1], ChannelsLast()))
+            extract = (extract[0], nn.Sequential(extract[1], ChannelsLast()))
+        self.eval_set, self.eval_batch = extract[0], extract[1].to(self.fabric.device)
+        self.collate = collate
+        return TrainingData(train[0], train[1], images.targets, collate)
+
+    def _decoded_on_device(self, images) -> tuple[tuple, tuple, Any]:
+        """The files' bytes for the loader; decoding, crops and augmentation on the device."""
+        if not isinstance(images, ImageFileDataset):
+            raise ValueError(f"decode_on_device reads image files; data={self.config.data!r} is "
+                             "held in memory (pass a folder or list file of JPEGs)")
+        encoded = images.as_encoded()
+        train = device_decode_pipeline(self.config.augmentation, self.config.image_size)
+        extract = device_decode_pipeline(None, self.config.image_size)
+        return ((encoded, DecodeOnDevice(train.sample, train.batch)),
+                (encoded, DecodeOnDevice(extract.sample, extract.batch)), collate_encoded)
+
+    def build_model(self) -> nn.Module:
+        self.model = DeepClusterModel(build_backbone(self.config.arch, self.config.sobel),
+                                      self.config.k)
+        return self.model
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """Momentum for the backbone; the head, re-initialised every epoch, gets none."""
+        return [{"params": [p for p in model.backbone.parameters() if p.requires_grad],
+                 "momentum": self.config.momentum},
+                {"params": model.head.parameters(), "momentum": 0.0}]
+
+    def initial_targets(self, run: RunContext) -> Refresh:
+        self.assignments = None
+        return self.refresh_targets(run, 0)
+
+    def before_epoch(self, epoch: int) -> None:
+        if self.config.reset_head:
+            reset_head(self.model.head)
+
+    def epoch_order(self, epoch: int, world: int) -> Sequence[int]:
+        return uniform_cluster_indices(self.assignments, padded_length(len(self.assignments), world),
+                                       seed=self.config.seed + epoch)
+
+    def loss(self, model: nn.Module, inputs: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(model(inputs), self.targets[indices])
+
+    def refresh_targets(self, run: RunContext, epoch: int) -> Refresh:
+        """Steps 1-3 with the seed of ``epoch`` (0: the untrained network)."""
+        clustering, extract_seconds = self.cluster(seed=self.config.seed + epoch)
+        refresh = clustering_refresh(clustering, self.assignments, run.data.labels,
+                                     extract_s=extract_seconds)
+        self.set_assignments(clustering.assignments)
+        return refresh
+
+    def set_assignments(self, assignments: np.ndarray) -> None:
+        self.assignments = assignments
+        self.targets = torch.from_numpy(assignments.astype(np.int64)).to(self.fabric.device)
+
+    def cluster(self, seed: int) -> tuple[ClusteringResult, float]:
+        """Extract, PCA-whiten, k-means. Returns the result and the extraction seconds (with
+        ``streaming_pca``, the PCA is fitted during extraction and counted in them)."""
+        config, sharded = self.config, is_distributed()
+        options = dict(batch_size=config.extract_batch_size, workers=config.workers,
+                       device=self.fabric.device, progress=self.fabric.is_global_zero,
+                       batch_transform=self.eval_batch, shard=sharded, collate=self.collate)
+        start = time.perf_counter()
+        with self.fabric.autocast():  # the training precision (bf16-mixed: bf16 convolutions)
+            if config.streaming_pca:
+                features = extract_whitened(self.model.backbone, self.eval_set, config.pca_dim,
+                                            **options)
+            else:
+                features, _ = extract_global(self.model.backbone, self.eval_set, **options)
+        if sharded:
+            self.fabric.barrier()  # the extraction time of the slowest process
+        extract_seconds = time.perf_counter() - start
+        if sharded:
+            return cluster_shards(features, len(self.eval_set), config, seed), extract_seconds
+        if not config.streaming_pca:
+            return cluster_features(features, config.k, config.pca_dim, config.kmeans_iters, seed,
+                                    config.kmeans_backend), extract_seconds
+        return cluster_whitened(features, config.k, config.kmeans_iters, seed,
+                                config.kmeans_backend, copy=False), extract_seconds
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"head": self.model.head.state_dict(),
+                "assignments": torch.from_numpy(self.assignments.astype(np.int64))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.head.load_state_dict(state["head"])
+        self.set_assignments(state["assignments"].numpy())
+
+
+def clustering_refresh(clustering: ClusteringResult, previous: np.ndarray | None,
+                       labels: np.ndarray | None, extract_s: float) -> Refresh:
+    """A clustering's row: NMI with the previous one and with the labels, cluster sizes, seconds."""
+    sizes = clustering.sizes
+    return Refresh(
+        stats={"nmi_previous": float("nan") if previous is None else nmi(previous, clustering.assignments),
+               "nmi_labels": float("nan") if labels is None else nmi(labels, clustering.assignments),
+               "empty_clusters": clustering.num_empty,
+               "smallest_cluster": int(sizes[sizes > 0].min()),
+               "largest_cluster": int(sizes.max())},
+        seconds={"extract_s": extract_s, "cluster_s": clustering.seconds},
+        assignments=clustering.assignments)

@@ -1,0 +1,182 @@
+"""DeepCluster-v2 (Caron et al., 2020, the SwAV paper's appendix) as a method of the engine: the
+v1 idea with a projection head, prototypes, multi-crop and no extraction pass.
+
+  1. the memory bank holds the L2-normalised embedding of every image's large crops from the
+     last training pass (or from one first pass before epoch 1); ``prototype_sets`` spherical
+     k-means runs of k clusters on it give fixed prototypes (the normalised centroids) and the
+     targets (the cluster ids);
+  2. each epoch trains backbone and projector on multi-crop views: the cross-entropy of the
+     softmax of embedding-prototype similarities at ``temperature`` against the image's cluster
+     id, averaged over all views and prototype sets; every large crop's embedding is written
+     into the memory bank at the image's index (so the bank is in dataset order);
+  3. the learning rate follows the run's schedule every step (the preset: warm-up, then cosine).
+
+The prototypes are never trained; an empty cluster keeps its previous centroid. Checkpoints have
+the same ``backbone`` and ``config`` as v1, so every benchmark reads them unchanged. Across
+processes every process writes the rows of its share of the images, the rows are all-gathered
+after each pass, every process clusters the same bank and rank 0's prototypes and ids are
+broadcast, so that they are bitwise the same everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..clustering import ClusteringResult, check_k, torch_kmeans
+from ..data import ArrayImageDataset
+from ..datasets import load_dataset
+from ..distributed import all_gather_columns, broadcast_from_rank0
+from ..models import Backbone, build_backbone
+from ..sampler import padded_length, shuffled_order
+from ..transforms import ChannelsLast, PerView, is_small, multicrop_pipeline
+from .base import Method, Refresh, RunContext, TrainingData
+from .deepcluster import clustering_refresh
+
+
+class DeepClusterV2Model(nn.Module):
+    """Backbone, projection MLP to an L2-normalised embedding, and frozen prototype sets."""
+
+    def __init__(self, backbone: Backbone, hidden: int, dim: int, sets: int, k: int):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = nn.Sequential(nn.Linear(backbone.feature_dim, hidden),
+                                       nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                                       nn.Linear(hidden, dim))
+        # Buffers, not parameters: the prototypes are k-means centroids, never trained.
+        self.register_buffer("prototypes", nn.functional.normalize(torch.randn(sets, k, dim), dim=2))
+
+    def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
+        return self.embed(views)
+
+    def embed(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """Embeddings of all views, concatenated view after view; views of one size share a
+        forward pass."""
+        outputs, start = [], 0
+        while start < len(views):
+            end = start
+            while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
+                end += 1
+            outputs.append(self.projector(self.backbone(torch.cat(views[start:end]))))
+            start = end
+        return nn.functional.normalize(torch.cat(outputs).float(), dim=1)
+
+
+def cluster_memory(memory: torch.Tensor, k: int, sets: int, iterations: int, seed: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Set ``s`` clusters memory bank ``s mod banks`` (spherical k-means, seed ``seed * 1000 + s``):
+    (assignments (sets, N), prototypes (sets, k, dim))."""
+    results = [torch_kmeans(memory[s % len(memory)], k, iterations, seed * 1000 + s,
+                            distributed=False, spherical=True) for s in range(sets)]
+    return torch.stack([a for a, _, _ in results]), torch.stack([c for _, c, _ in results])
+
+
+def swapped_loss(embeddings: torch.Tensor, prototypes: torch.Tensor, targets: torch.Tensor,
+                 views: int, temperature: float) -> torch.Tensor:
+    """Cross-entropy of every view's prototype scores against its image's cluster id, averaged
+    over prototype sets. ``embeddings`` is (views * B, dim), view after view; ``targets`` is
+    (sets, B)."""
+    loss = embeddings.new_zeros(())
+    for set_prototypes, set_targets in zip(prototypes, targets):
+        scores = embeddings @ set_prototypes.T / temperature
+        loss = loss + nn.functional.cross_entropy(scores, set_targets.repeat(views))
+    return loss / len(prototypes)
+
+
+class DeepClusterV2(Method):
+    name = "deepcluster-v2"
+    title = "DeepCluster-v2 pretraining"
+
+    def training_data(self) -> TrainingData:
+        config = self.config
+        images = load_dataset(config.data, "train", skip_unreadable=config.skip_unreadable)
+        if config.subset:
+            images = images.subset(config.subset)
+        check_k(len(images), config.k)
+        world = self.fabric.world_size
+        if (padded_length(len(images), world) // world) % (config.batch_size // world) == 1:
+            raise ValueError(f"{len(images)} images in batches of batch_size={config.batch_size} "
+                             "leave a last batch of one image per process, which BatchNorm cannot "
+                             "train on; change batch_size or subset")
+        in_memory = isinstance(images, ArrayImageDataset) and is_small(config.image_size)
+        pipeline = multicrop_pipeline(config.image_size, config.large_crops, config.small_crops,
+                                      config.small_crop_size, in_memory)
+        batch_transform = pipeline.batch
+        if config.channels_last:
+            batch_transform = nn.Sequential(batch_transform, PerView(ChannelsLast()))
+        self.memory = torch.zeros(config.large_crops, len(images), config.projection_dim)
+        return TrainingData(images.with_transform(pipeline.sample), batch_transform,
+                            images.targets)
+
+    def build_model(self) -> nn.Module:
+        config = self.config
+        self.model = DeepClusterV2Model(build_backbone(config.arch, config.sobel),
+                                        config.projection_hidden, config.projection_dim,
+                                        config.prototype_sets, config.k)
+        return self.model
+
+    def initial_targets(self, run: RunContext) -> Refresh:
+        """One pass of the untrained network fills the memory bank, which is then clustered."""
+        order = shuffled_order(self.memory.shape[1], self.config.seed, self.fabric.world_size)
+        seconds = run.forward_pass(order, self.remember)
+        self.after_pass(order, self.fabric.world_size)
+        self.assignments = None
+        refresh = self.refresh_targets(run, 0)
+        refresh.seconds["train_s"] = seconds
+        return refresh
+
+    def epoch_order(self, epoch: int, world: int) -> Sequence[int]:
+        return shuffled_order(self.memory.shape[1], self.config.seed + epoch + 1, world)
+
+    def remember(self, model: nn.Module, views: list[torch.Tensor],
+                 indices: torch.Tensor) -> torch.Tensor:
+        """The embeddings of a batch's views; the large crops' go into the memory bank."""
+        embeddings = model(views)
+        large, batch = len(self.memory), len(indices)
+        self.memory[:, indices.cpu()] = (embeddings[:large * batch].detach()
+                                         .view(large, batch, -1).to(self.memory))
+        return embeddings
+
+    def loss(self, model: nn.Module, views: list[torch.Tensor],
+             indices: torch.Tensor) -> torch.Tensor:
+        embeddings = self.remember(model, views, indices)
+        return swapped_loss(embeddings, self.model.prototypes, self.targets[:, indices],
+                            len(views), self.config.temperature)
+
+    def after_pass(self, order: Sequence[int], world: int) -> None:
+        all_gather_columns(self.memory, [list(order[r::world]) for r in range(world)])
+
+    def refresh_targets(self, run: RunContext, epoch: int) -> Refresh:
+        """Cluster the memory bank (seed of ``epoch``); the first set stands for the epoch in the
+        log (no extraction pass: extract_s is 0)."""
+        start = time.perf_counter()
+        assignments, prototypes = cluster_memory(self.memory.to(self.fabric.device), self.config.k,
+                                                 self.config.prototype_sets,
+                                                 self.config.kmeans_iters, self.config.seed + epoch)
+        broadcast_from_rank0((assignments, prototypes))
+        self.model.prototypes.copy_(prototypes)
+        first = ClusteringResult(assignments[0].cpu().numpy(), prototypes[0].cpu().numpy(),
+                                 float("nan"), time.perf_counter() - start)
+        refresh = clustering_refresh(first, self.assignments, run.data.labels, extract_s=0.0)
+        self.set_assignments(assignments)
+        return refresh
+
+    def set_assignments(self, assignments: torch.Tensor) -> None:
+        self.assignments = assignments[0].cpu().numpy()
+        self.all_assignments = assignments.cpu()
+        self.targets = assignments.to(self.fabric.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"projector": self.model.projector.state_dict(),
+                "prototypes": self.model.prototypes.detach().cpu(), "memory": self.memory,
+                "assignments": self.all_assignments}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.projector.load_state_dict(state["projector"])
+        self.model.prototypes.copy_(state["prototypes"])
+        self.memory = state["memory"]
+        self.set_assignments(state["assignments"])
