@@ -1,0 +1,135 @@
+"""What a user does with ``deepcluster pretrain``: start a run, resume it (by its checkpoint, its
+folder or ``auto``), after a kill -9 too, start one from a config file, and get one clear line for
+what cannot be done."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from deepcluster.cli import main
+
+TINY = ["--data", "digits", "--image-size", "8", "--subset", "320", "--k", "10", "--pca-dim",
+        "16", "--batch-size", "32", "--extract-batch-size", "160", "--threads", "1",
+        "--precision", "32-true", "--seed", "5"]
+TIMING = ("extract_s", "cluster_s", "train_s")
+
+
+def cli(*args, ok=True):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def without_timing(table: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in table]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Checkpoint weights, every epoch's assignments and every metrics row (but seconds) equal."""
+    ka = torch.load(a / "checkpoints" / "last.ckpt", weights_only=True)
+    kb = torch.load(b / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ka["epoch"] == kb["epoch"]
+    for name, value in ka["backbone"].items():
+        assert torch.equal(value, kb["backbone"][name]), name
+    assert torch.equal(ka["assignments"], kb["assignments"])
+    files = sorted(p.name for p in (a / "assignments").glob("*.npy"))
+    assert files == sorted(p.name for p in (b / "assignments").glob("*.npy"))
+    for name in files:
+        np.testing.assert_array_equal(np.load(a / "assignments" / name),
+                                      np.load(b / "assignments" / name))
+    assert without_timing(rows(a)) == without_timing(rows(b))
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """An uninterrupted 3-epoch run."""
+    out = tmp_path_factory.mktemp("cli") / "straight"
+    cli("pretrain", *TINY, "--epochs", 3, "--out", out)
+    return out
+
+
+def test_resume_by_checkpoint_continues_in_the_runs_own_folder(straight, tmp_path, monkeypatch):
+    run = tmp_path / "fm"
+    cli("pretrain", *TINY, "--epochs", 2, "--out", run)
+    monkeypatch.chdir(tmp_path)  # the default out (runs/pretrain) would be here
+    result = cli("pretrain", "--resume", run / "checkpoints" / "last.ckpt", "--epochs", 3)
+    assert f"checkpoint: {run / 'checkpoints' / 'last.ckpt'}" in result.output
+    assert not (tmp_path / "runs").exists()
+    assert [int(r["epoch"]) for r in rows(run)] == [0, 1, 2, 3]  # every earlier row, once
+    assert_same_run(run, straight)
+
+
+def test_kill_9_mid_epoch_then_resume_auto_gives_the_uninterrupted_run(straight, tmp_path):
+    run = tmp_path / "killed"
+    command = [sys.executable, "-m", "deepcluster.cli", "pretrain", *TINY, "--epochs", "3",
+               "--out", str(run)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if checkpoint.exists() and torch.load(checkpoint, weights_only=True)["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)  # into epoch 2
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert torch.load(checkpoint, weights_only=True)["epoch"] < 3, "killed too late"
+    cli("pretrain", "--resume", "auto", "--out", run)
+    assert_same_run(run, straight)
+
+
+def test_resume_refusals_and_nothing_to_do(straight, tmp_path):
+    ckpt = straight / "checkpoints" / "last.ckpt"
+    result = cli("pretrain", "--resume", ckpt, "--k", 20, ok=False)
+    assert result.exit_code != 0 and "cannot change k (10 -> 20)" in result.output
+    result = cli("pretrain", "--resume", straight, "--epochs", 2, ok=False)
+    assert result.exit_code != 0 and "has 3 epochs done; epochs=2 asks for fewer" in result.output
+    result = cli("pretrain", "--resume", straight)
+    assert "already has 3 of 3 epochs" in result.output
+    result = cli("pretrain", *TINY, "--out", straight, ok=False)
+    assert result.exit_code != 0 and "already holds a run" in result.output
+    assert "--resume auto" in result.output
+
+
+def test_a_cosine_schedule_keeps_its_planned_length(tmp_path):
+    run = tmp_path / "cosine"
+    cli("pretrain", *TINY, "--epochs", 1, "--lr-schedule", "cosine", "--out", run)
+    result = cli("pretrain", "--resume", run, "--epochs", 2, ok=False)
+    assert result.exit_code != 0 and "planned over 1 epochs" in result.output
+
+
+def test_config_file_reproduces_a_run_and_flags_override_it(straight, tmp_path):
+    again = tmp_path / "again"
+    cli("pretrain", "--config", straight / "config.yaml", "--out", again)
+    assert_same_run(again, straight)
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("k: 7\nepochs: 1\n")
+    other = tmp_path / "other"
+    cli("pretrain", "--config", partial, *TINY[:8], "--out", other, "--epochs", 1)
+    assert torch.load(other / "checkpoints" / "last.ckpt", weights_only=True)["config"]["k"] == 10
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kk: 7\n")
+    result = cli("pretrain", "--config", bad, ok=False)
+    assert result.exit_code != 0 and f"{bad}: unknown config key(s): kk" in result.output
+
+
+def test_an_option_of_another_method_is_an_error(tmp_path):
+    result = cli("pretrain", *TINY, "--prototype-sets", 2, "--out", tmp_path / "x", ok=False)
+    assert result.exit_code != 0
+    assert "prototype_sets=2 is a deepcluster-v2 option; method 'deepcluster' does not use it" \
+        in result.output
