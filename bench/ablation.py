@@ -30,13 +30,13 @@ from rich.console import Console
 from rich.table import Table
 
 from deepcluster.benchmarks.knn import knn_top1, network_features
-from deepcluster.benchmarks.linear import (LinearProbe, build_optimizer, cached_batches, evaluate,
-                                           train_epoch)
-from deepcluster.benchmarks.linear import get_preset as linear_preset
+from deepcluster.benchmarks.linear import LinearProbe, build_optimizer, evaluate, train_epoch
+from deepcluster.benchmarks.linear_config import get_preset as linear_preset
+from deepcluster.benchmarks.linear_features import cached_batches
 from deepcluster.checkpoint import backbone_from_checkpoint, load_checkpoint, save_json
-from deepcluster.config import DEFAULT_PRESET, get_preset
+from deepcluster.presets import DEFAULT_PRESET, get_preset
 from deepcluster.models import build_backbone
-from deepcluster.pretrain import pretrain
+from deepcluster.engine import pretrain
 
 # The study's base: the default preset as it was before this study (the default now uses the
 # "strong" augmentation this study chose).
@@ -116,7 +116,7 @@ def evaluate_backbone(backbone, image_size: int) -> tuple[float, float]:
 def nmi_by_epoch(metrics_csv: Path) -> dict[int, float]:
     """NMI with the labels of each epoch's clustering, from a run's metrics log."""
     with open(metrics_csv) as handle:
-        return {int(r["step"]): float(r["nmi_labels"]) for r in csv.DictReader(handle)
+        return {int(r["epoch"]): float(r["nmi_labels"]) for r in csv.DictReader(handle)
                 if r.get("nmi_labels")}
 
 

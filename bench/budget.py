@@ -25,8 +25,9 @@ from rich.table import Table
 
 from ablation import evaluate_backbone, nmi_by_epoch  # bench/ablation.py, beside this script
 from deepcluster.checkpoint import backbone_from_checkpoint, load_checkpoint, save_json
-from deepcluster.config import PretrainConfig, get_preset
-from deepcluster.pretrain import pretrain
+from deepcluster.config import PretrainConfig
+from deepcluster.presets import get_preset
+from deepcluster.engine import pretrain
 
 
 def parse_overrides(pairs: list[str]) -> dict:

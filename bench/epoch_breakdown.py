@@ -24,9 +24,9 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from deepcluster.config import get_preset
+from deepcluster.presets import get_preset
 from deepcluster.models import DeepClusterModel, build_backbone
-from deepcluster.pretrain import pretrain
+from deepcluster.engine import pretrain
 
 
 def pure_rates(config, images: int) -> dict[str, float]:

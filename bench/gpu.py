@@ -40,7 +40,7 @@ from deepcluster.clustering import torch_kmeans
 from deepcluster.config import PretrainConfig
 from deepcluster.device_decode import decode_batch
 from deepcluster.models import DeepClusterModel, build_backbone
-from deepcluster.pretrain import pretrain
+from deepcluster.engine import pretrain
 
 FULL = dict(batch=256, image_size=224, steps=30, kmeans_n=1_281_167, k=10_000, jpegs=2048,
             loop_images=25_600, modes=("eager", "compiled"))

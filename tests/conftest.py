@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepcluster.data import load_dataset
+from deepcluster.datasets import load_dataset
 
 
 @pytest.fixture(autouse=True)

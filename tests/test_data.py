@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from deepcluster.data import DataError, ImageReadError, load_dataset, read_idx
+from deepcluster.data import DataError, ImageReadError, read_idx
+from deepcluster.datasets import load_dataset
 from deepcluster.transforms import extraction_transform, training_transform
 
 
@@ -138,7 +139,7 @@ def test_batched_pipelines_match_the_per_image_transforms(fashion_train):
 def test_in_memory_batches_are_fetched_whole_and_equal_per_image_ones(fashion_train):
     from torch.utils.data import DataLoader
 
-    from deepcluster.pretrain import PseudoLabelled
+    from deepcluster.engine.loaders import IndexedImages
     from deepcluster.transforms import extraction_pipeline
 
     dataset = fashion_train.subset(300).with_transform(extraction_pipeline(28, True).sample)
@@ -148,9 +149,8 @@ def test_in_memory_batches_are_fetched_whole_and_equal_per_image_ones(fashion_tr
     for (image, label), (expected, expected_label) in zip(batched, per_image):
         assert image.dtype == torch.uint8 and image.shape == (1, 28, 28)
         assert torch.equal(image, expected) and label == expected_label
-    # through the DataLoader and the pseudo-label wrapper of the training loop
-    assignments = np.arange(300) % 7
-    loader = DataLoader(PseudoLabelled(dataset, assignments), batch_size=64, shuffle=False)
-    images, labels = next(iter(loader))
+    # through the DataLoader and the index wrapper of the training loop
+    loader = DataLoader(IndexedImages(dataset), batch_size=64, shuffle=False)
+    images, indices = next(iter(loader))
     assert torch.equal(images, torch.stack([dataset[i][0] for i in range(64)]))
-    assert labels.tolist() == (np.arange(64) % 7).tolist()
+    assert indices.tolist() == list(range(64))

@@ -7,13 +7,15 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from lightning.fabric import Fabric
 from PIL import Image
 from skimage import data as photos
 
 from deepcluster.config import PretrainConfig
-from deepcluster.data import load_dataset
+from deepcluster.datasets import load_dataset
 from deepcluster.device_decode import DecodeOnDevice, EncodedImages, collate_encoded
-from deepcluster.pretrain import load_training_data, pretrain
+from deepcluster.engine import pretrain
+from deepcluster.methods.deepcluster import DeepCluster
 from deepcluster.transforms import device_decode_pipeline, extraction_transform
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "moon")
@@ -74,8 +76,8 @@ def test_pretraining_decodes_on_the_device(jpeg_folder, tmp_path):
     config = PretrainConfig(data=str(jpeg_folder), decode_on_device=True, image_size=32,
                             augmentation="original", k=4, pca_dim=8, epochs=1, batch_size=8,
                             extract_batch_size=8, accelerator="cpu", out=str(tmp_path / "run"))
-    data = load_training_data(config)
-    assert isinstance(data.train_batch, DecodeOnDevice)
+    data = DeepCluster(config, Fabric(accelerator="cpu", devices=1)).training_data()
+    assert isinstance(data.batch_transform[0], DecodeOnDevice)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = pretrain(config, progress=False)
@@ -86,11 +88,10 @@ def test_pretraining_decodes_on_the_device(jpeg_folder, tmp_path):
 def test_decode_on_device_needs_image_files_and_v1(jpeg_folder, tmp_path):
     config = PretrainConfig(data="digits", decode_on_device=True, out=str(tmp_path))
     with pytest.raises(ValueError, match="decode_on_device reads image files; data='digits'"):
-        load_training_data(config)
-    v2 = PretrainConfig(data=str(jpeg_folder), decode_on_device=True,
-                        method="deepcluster-v2", out=str(tmp_path / "v2"))
-    with pytest.raises(ValueError, match="decode_on_device is implemented for DeepCluster"):
-        pretrain(v2, progress=False)
+        DeepCluster(config, Fabric(accelerator="cpu", devices=1)).training_data()
+    with pytest.raises(ValueError, match="decode_on_device=True is a deepcluster option; method "
+                                         "'deepcluster-v2' does not use it"):
+        PretrainConfig(data=str(jpeg_folder), decode_on_device=True, method="deepcluster-v2")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

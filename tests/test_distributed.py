@@ -24,7 +24,7 @@ from deepcluster.engine import pretrain
 from deepcluster.checkpoint import load_checkpoint
 from deepcluster.clustering import l2_normalise, pca_whiten, torch_kmeans
 from deepcluster.config import PretrainConfig
-from deepcluster.data import load_dataset
+from deepcluster.datasets import load_dataset
 from deepcluster.distributed import gather_rows, shard_range
 from deepcluster.features import extract_global, extract_whitened
 from deepcluster.models import build_backbone

@@ -13,28 +13,27 @@ from lightning.fabric import Fabric
 from PIL import Image
 from torch import nn
 
-from deepcluster.supervised import train_supervised
+from deepcluster.api import train_supervised
 from deepcluster.benchmarks.linear import (
-    PRESETS,
-    LinearConfig,
     LinearProbe,
     build_optimizer,
-    cache_features,
-    cached_batches,
-    default_preset,
     freeze,
     head_dims,
-    probe_train_transform,
-    run_linear,
-    streamed_batches,
     topk_accuracy,
     train_epoch,
-
 )
+from deepcluster.benchmarks.linear_config import PRESETS, LinearConfig, default_preset
+from deepcluster.benchmarks.linear_features import (
+    cache_features,
+    cached_batches,
+    probe_train_transform,
+    streamed_batches,
+)
+from deepcluster.benchmarks.linear_run import run_linear
 from deepcluster.checkpoint import backbone_from_checkpoint, load_checkpoint, save_checkpoint
 from deepcluster.cli import main
 from deepcluster.config import PretrainConfig
-from deepcluster.data import load_dataset
+from deepcluster.datasets import load_dataset
 from deepcluster.features import make_loader
 from deepcluster.models import FEATURE_NAMES, build_backbone
 from deepcluster.results import gather, load_results, markdown_table
@@ -175,8 +174,8 @@ def test_cli_random_init_supervised_and_results(checkpoint: Path, tmp_path: Path
     supervised = train_supervised(checkpoint, tmp_path / "sup", epochs=1, subset=256,
                                   progress=False)
     state = load_checkpoint(supervised)
-    assert {"config", "epoch", "backbone", "head", "optimizer", "assignments", "rng",
-            "supervised"} <= set(state)
+    assert {"config", "epoch", "backbone", "head", "optimizer", "rng", "history"} <= set(state)
+    assert state["config"]["method"] == "supervised" and state["epoch"] == 1
     backbone_from_checkpoint(supervised)  # every benchmark can load it
     common = ["--data", "digits", "--epochs", "1", "--milestones", "", "--subset", "300",
               "--test-subset", "100"]

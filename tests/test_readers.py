@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from deepcluster.data import DataError, ImageFileDataset
+from deepcluster.datasets import load_dataset
 from deepcluster.readers import (
     imagenet_dataset,
     inat2018_dataset,
-    load_benchmark_dataset,
     places205_dataset,
     read_list_file,
 )
@@ -51,8 +51,6 @@ def test_imagenet_class_folders(imagenet_folders: Path) -> None:
 
 def test_every_command_reads_the_official_layouts(imagenet_folders: Path) -> None:
     # --data imagenet:ROOT goes through the same reader in pretrain, extract and the benchmarks.
-    from deepcluster.data import load_dataset
-
     _image(imagenet_folders / "train" / "n01440764" / "broken.JPEG").write_bytes(b"not a jpeg")
     with pytest.warns(UserWarning, match="skipped 1 unreadable image.*broken.JPEG"):
         dataset = load_dataset(f"imagenet:{imagenet_folders}", "train", skip_unreadable=True)
@@ -83,7 +81,7 @@ def test_imagenet_list_files(tmp_path: Path) -> None:
     (tmp_path / "meta" / "train.txt").write_text("n01440764/a.JPEG 0\nn01443537/b.JPEG 1\n")
     (tmp_path / "meta" / "val.txt").write_text("ILSVRC2012_val_00000001.JPEG 1\n")
     train = imagenet_dataset(tmp_path, "train")
-    val = load_benchmark_dataset(f"imagenet:{tmp_path}", "test")
+    val = load_dataset(f"imagenet:{tmp_path}", "test")
     assert train.targets.tolist() == [0, 1] and val.targets.tolist() == [1]
     assert len(train.classes) == 1000 and train.classes[:2] == ["n01440764", "n01443537"]
     assert val.paths == [tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG"]
@@ -110,7 +108,7 @@ def test_missing_layout_is_named(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="meta/val.txt nor the folder"):
         imagenet_dataset(tmp_path, "test")
     with pytest.raises(DataError, match="folder .*nowhere not found"):
-        load_benchmark_dataset(f"places205:{tmp_path / 'nowhere'}")
+        load_dataset(f"places205:{tmp_path / 'nowhere'}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,7 +129,7 @@ def _places(root: Path, train_lines: str) -> Path:
 def test_places205_official_lists(tmp_path: Path) -> None:
     root = _places(tmp_path, "a/abbey/00000001.jpg 0\nb/bar/00000001.jpg 7\n\n")
     train = places205_dataset(root, "train")
-    val = load_benchmark_dataset(f"places205:{root}", "test")
+    val = load_dataset(f"places205:{root}", "test")
     assert train.targets.tolist() == [0, 7] and val.targets.tolist() == [0]
     assert len(train.classes) == 205
     assert train.classes[0] == "abbey" and train.classes[7] == "bar" and train.classes[1] == "1"
@@ -186,7 +184,7 @@ def _inat(root: Path, val: dict | str | None = None) -> Path:
 def test_inat2018_coco_json(tmp_path: Path) -> None:
     root = _inat(tmp_path)
     train = inat2018_dataset(root, "train")
-    val = load_benchmark_dataset(f"inat2018:{root}", "test")
+    val = load_dataset(f"inat2018:{root}", "test")
     # Labels follow the sorted category ids of the training file: 2 -> 0, 5 -> 1, 9 -> 2.
     assert train.targets.tolist() == [1, 2, 0] and val.targets.tolist() == [0]
     assert train.classes == ["species 2", "species 5", "species 9"] == val.classes

@@ -11,8 +11,9 @@ from joblib import Parallel
 
 from deepcluster.benchmarks import svm
 from deepcluster.benchmarks.svm import (LOWSHOT_KS, MMSELFSUP_COSTS, VISSL_COSTS,
-                                        ap_ignoring_difficult, lowshot_evaluate, lowshot_sample,
-                                        svm_evaluate, train_labels, voc_ap, voc_ap_11point)
+                                        ap_ignoring_difficult, lowshot_sample, train_labels, voc_ap,
+                                        voc_ap_11point)
+from deepcluster.benchmarks.svm_evaluation import lowshot_evaluate, svm_evaluate
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,7 +240,7 @@ def tiny_setup(tmp_path_factory):
     from deepcluster.config import PretrainConfig
     from deepcluster.data import fashion_mnist_folder
     from deepcluster.models import build_backbone
-    from deepcluster.voc import make_voc
+    from deepcluster.voc_generator import make_voc
 
     if fashion_mnist_folder() is None:
         pytest.skip("Fashion-MNIST IDX files not installed")

@@ -9,8 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from deepcluster.data import DataError, fashion_mnist_folder, read_image
-from deepcluster.voc import (DIFFICULT, FMNIST_TO_VOC, NEGATIVE, POSITIVE, VOC_CLASSES,
-                             VOCObject, find_voc_root, flags_from_objects, make_voc, read_voc)
+from deepcluster.voc import (DIFFICULT, NEGATIVE, POSITIVE, VOC_CLASSES, VOCObject,
+                             find_voc_root, flags_from_objects, read_voc)
+from deepcluster.voc_generator import FMNIST_TO_VOC, make_voc
 
 needs_fmnist = pytest.mark.skipif(fashion_mnist_folder() is None,
                                   reason="Fashion-MNIST IDX files not installed")

@@ -76,8 +76,8 @@ def run_linear(checkpoint: str | Path, out: str | Path, preset: str | None = Non
                **fields: Any) -> dict:
     """Linear probes of a checkpoint's frozen features (``benchmarks.linear``), from a linear
     preset (default: by the data) with ``fields`` changed."""
-    from .benchmarks import linear  # the benchmarks load only when used
+    from .benchmarks import linear_config, linear_run  # the benchmarks load only when used
 
-    name = preset or linear.default_preset(fields.get("data"), fields.get("heads"))
-    config = linear.get_preset(name).override(**fields)
-    return linear.run_linear(checkpoint, config, out, preset=name)
+    name = preset or linear_config.default_preset(fields.get("data"), fields.get("heads"))
+    config = linear_config.get_preset(name).override(**fields)
+    return linear_run.run_linear(checkpoint, config, out, preset=name)

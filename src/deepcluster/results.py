@@ -1,4 +1,4 @@
-"""``deepcluster results``: several linear-benchmark runs gathered into one Markdown table.
+"""Several linear-benchmark runs gathered into one Markdown table (``deepcluster results``).
 
 Rows are the models (``deepcluster``, ``random init``, ``supervised`` ..., from each run's
 ``label``) on each dataset; columns the published layout, Feature1..Feature5 and AvgPool. Runs with
@@ -13,10 +13,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
-
-import click
-
-from .report import console
 
 COLUMNS = {"feature1": "Feature1", "feature2": "Feature2", "feature3": "Feature3",
            "feature4": "Feature4", "feature5": "Feature5", "avgpool": "AvgPool"}
@@ -93,20 +89,3 @@ def render(rows: Sequence[Row], metrics: Sequence[str] = ("top1", "top5")) -> st
     parts.append("Runs: " + "; ".join(f"{row.label} on {row.data}: " + ", ".join(row.sources)
                                        for row in rows) + ".")
     return "\n".join(parts) + "\n"
-
-
-@click.command()
-@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", type=click.Path(dir_okay=False), help="also write the Markdown to this file")
-@click.option("--metric", type=click.Choice(["top1", "top5", "both"]), default="both",
-              show_default=True)
-def results_command(runs: tuple[str, ...], out: str | None, metric: str) -> None:
-    """Gather linear-benchmark runs (folders or results.json files) into one Markdown table."""
-    from .checkpoint import atomic_write
-
-    rows = gather([load_results(run) for run in runs])
-    text = render(rows, ("top1", "top5") if metric == "both" else (metric,))
-    console.print(text, markup=False, highlight=False)
-    if out:
-        atomic_write(out, lambda temp: Path(temp).write_text(text))
-        console.print(f"written to {out}")

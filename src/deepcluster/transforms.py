@@ -43,7 +43,7 @@ def is_small(image_size: int) -> bool:
     return image_size <= SMALL_IMAGE_LIMIT
 
 
-def _normalise(image_size: int) -> list[Callable]:
+def normalise(image_size: int) -> list[Callable]:
     mean, std = (SMALL_MEAN, SMALL_STD) if is_small(image_size) else (IMAGENET_MEAN, IMAGENET_STD)
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
 
@@ -54,7 +54,7 @@ def _rgb() -> Callable:
 
 def extraction_transform(image_size: int) -> Callable:
     """Deterministic transform used for clustering features and for every benchmark."""
-    return v2.Compose([_rgb(), *_extraction_resize(image_size), *_normalise(image_size)])
+    return v2.Compose([_rgb(), *_extraction_resize(image_size), *normalise(image_size)])
 
 
 def _extraction_resize(image_size: int) -> list[Callable]:
@@ -76,7 +76,7 @@ def training_transform(name: str, image_size: int) -> Callable:
                   v2.RandomGrayscale(p=0.2)]
     elif name == "strong":
         steps.append(v2.RandomApply([v2.ColorJitter(0.4, 0.4)], p=0.8))
-    return v2.Compose([_rgb()] + steps + _normalise(image_size))
+    return v2.Compose([_rgb()] + steps + normalise(image_size))
 
 
 # The random-resized-crop scale range of each augmentation (torchvision's and kornia's default
@@ -239,10 +239,10 @@ def multicrop_pipeline(image_size: int, large: int, small: int, small_size: int,
     ``small_size`` (scale 0.05-0.14), each flipped and brightness/contrast-jittered."""
     small_size = small_crop_size(image_size, small_size)
     if in_memory:
-        normalise = _batch_normalise(image_size)
-        views = [nn.Sequential(_ToFloatRGB(), *_view_steps(size, scale, True), normalise)
+        batch_normalise = _batch_normalise(image_size)
+        views = [nn.Sequential(_ToFloatRGB(), *_view_steps(size, scale, True), batch_normalise)
                  for size, scale in ((image_size, LARGE_CROP_SCALE), (small_size, SMALL_CROP_SCALE))]
         return Pipeline(_uint8_tensor(), MultiCrop(views[0], views[1], large, small))
-    views = [v2.Compose([_rgb(), *_view_steps(size, scale, False), *_normalise(image_size)])
+    views = [v2.Compose([_rgb(), *_view_steps(size, scale, False), *normalise(image_size)])
              for size, scale in ((image_size, LARGE_CROP_SCALE), (small_size, SMALL_CROP_SCALE))]
     return Pipeline(MultiCrop(views[0], views[1], large, small), nn.Identity())

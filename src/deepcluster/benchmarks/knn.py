@@ -17,7 +17,8 @@ from torch import nn
 from torchvision.transforms import v2
 
 from ..checkpoint import backbone_from_checkpoint, save_json
-from ..data import ArrayImageDataset, load_dataset
+from ..data import ArrayImageDataset
+from ..datasets import load_dataset
 from ..features import extract_global
 from ..models import Backbone
 from ..transforms import ChannelsLast, extraction_pipeline, is_small

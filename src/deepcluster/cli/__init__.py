@@ -28,7 +28,7 @@ def main() -> None:
 
 
 # The commands, one module per family (imported for their registration on ``main``).
-from . import benchmark, pretrain  # noqa: E402,F401
+from . import benchmark, data, pretrain  # noqa: E402,F401
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,14 +1,26 @@
-"""``deepcluster benchmark ...``: k-NN, linear probes, VOC07 SVM and low-shot SVM; ``results``
-and ``data make-voc``."""
+"""``deepcluster benchmark ...``: k-NN, linear probes, VOC07 SVM and low-shot SVM; and
+``deepcluster results``, which gathers linear-benchmark runs into one table."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import click
+from rich.markdown import Markdown
 from rich.table import Table
 
+from ..benchmarks.knn import run_knn
+from ..benchmarks.linear_config import (DEFAULT_PRESET, HEAD_SETS, PRESETS, LinearConfig,
+                                        default_preset, get_preset)
+from ..benchmarks.linear_run import results_table, run_linear
+from ..benchmarks.svm import COST_LISTS, DEFAULT_COSTS, LAYERS, LOWSHOT_KS, LOWSHOT_SAMPLES
+from ..benchmarks.svm_run import run_lowshot, run_svm
+from ..checkpoint import atomic_write
 from ..report import console
+from ..results import gather, load_results, render
 from . import main
 
 DATA_HELP = "fashion-mnist, mnist, digits, idx:DIR, or a path (class folders, list file, image folder)"
@@ -17,6 +29,10 @@ DATA_HELP = "fashion-mnist, mnist, digits, idx:DIR, or a path (class folders, li
 @main.group()
 def benchmark() -> None:
     """Evaluate frozen features."""
+
+
+# ----------------------------------------------------------------------------------------------
+# k-NN
 
 
 @benchmark.command()
@@ -30,8 +46,6 @@ def benchmark() -> None:
 @click.option("--workers", default=0, show_default=True)
 def knn(checkpoint, data, out, random_init, baselines, k, temperature, workers) -> None:
     """Weighted k-NN top-1 on the test split, from train-split features."""
-    from ..benchmarks.knn import run_knn
-
     results = run_knn(checkpoint, data, out, random_init=random_init, baselines=baselines, k=k,
                       temperature=temperature, workers=workers)
     console.print(knn_table(results))
@@ -47,16 +61,142 @@ def knn_table(results: dict) -> Table:
     return table
 
 
+# ----------------------------------------------------------------------------------------------
+# Linear probes, and the table of several linear runs
 
-# Linear benchmark and the results table (issue #3).
-from ..benchmarks.linear import linear_command  # noqa: E402
-benchmark.add_command(linear_command, "linear")
-from ..results import results_command  # noqa: E402
-main.add_command(results_command, "results")
 
-# VOC07 SVM and low-shot SVM benchmarks, and make-voc (issue #4).
-from ..benchmarks.svm import lowshot_command, svm_command  # noqa: E402
-from ..voc import data_group  # noqa: E402
-benchmark.add_command(svm_command, "svm")
-benchmark.add_command(lowshot_command, "lowshot")
-main.add_command(data_group, "data")
+def _linear_config_options(command):
+    """One ``--name`` option per LinearConfig field; unset options keep the preset's value."""
+    default = PRESETS[DEFAULT_PRESET]
+    for spec in reversed(fields(LinearConfig)):
+        if spec.name in ("data", "heads"):
+            continue  # declared explicitly on the command
+        flag = spec.name.replace("_", "-")
+        value = getattr(default, spec.name)
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        help_text = f"{spec.metadata['help']} [{DEFAULT_PRESET}: {shown}]"
+        if spec.type in ("bool", bool):
+            option = click.option(f"--{flag}/--no-{flag}", spec.name, default=None, help=help_text)
+        elif spec.name == "milestones":
+            option = click.option(f"--{flag}", spec.name, type=str, default=None, help=help_text)
+        else:
+            kind = {"int": int, "float": float, "str": str}[spec.type]
+            option = click.option(f"--{flag}", spec.name, type=kind, default=None, help=help_text)
+        command = option(command)
+    return command
+
+
+def parse_milestones(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--milestones {text!r}: expected comma-separated epochs, e.g. 30,60")
+
+
+@benchmark.command("linear")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--data", default=None, help="dataset [preset's]: fashion-mnist, mnist, digits, "
+              "imagenet:DIR, places205:DIR, inat2018:DIR, or any --data path")
+@click.option("--heads", type=click.Choice(sorted(HEAD_SETS)), default=None,
+              help="mhead: feature1..5; avgpool; all: both from one forward pass [preset's]")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
+              help="recipe [by the --data prefix, else fashion-mnist-mhead]")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--random-init", is_flag=True, help="evaluate the same network untrained")
+@click.option("--label", default=None, help="row label in tables [deepcluster / random init / "
+              "supervised, from the checkpoint]")
+@_linear_config_options
+def linear_command(checkpoint, data, heads, preset, out, random_init, label, milestones,
+                   **overrides) -> None:
+    """Linear probes on frozen features: top-1/top-5 per head on the validation split."""
+    preset = preset or default_preset(data, heads)
+    config = get_preset(preset).override(data=data, heads=heads,
+                                         milestones=parse_milestones(milestones), **overrides)
+    console.print(f"preset {preset}: {config.heads} heads, {config.epochs} epochs, "
+                  f"{'cached' if config.cached else 'streamed'} features")
+    results = run_linear(checkpoint, config, out, random_init=random_init, label=label,
+                         preset=preset)
+    console.print(results_table(results))
+    console.print(f"results: {Path(out) / 'results.json'}")
+
+
+@main.command("results")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", type=click.Path(dir_okay=False), help="also write the Markdown to this file")
+@click.option("--metric", type=click.Choice(["top1", "top5", "both"]), default="both",
+              show_default=True)
+def results_command(runs: tuple[str, ...], out: str | None, metric: str) -> None:
+    """Gather linear-benchmark runs (folders or results.json files) into one Markdown table."""
+    rows = gather([load_results(run) for run in runs])
+    text = render(rows, ("top1", "top5") if metric == "both" else (metric,))
+    console.print(text, markup=False, highlight=False)
+    if out:
+        atomic_write(out, lambda temp: Path(temp).write_text(text))
+        console.print(f"written to {out}")
+
+
+# ----------------------------------------------------------------------------------------------
+# VOC07 SVM and low-shot SVM
+
+
+def _svm_common_options(command):
+    options = [
+        click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
+                     help="pretraining checkpoint"),
+        click.option("--voc", required=True, type=click.Path(exists=True, file_okay=False),
+                     help="VOC2007 devkit folder (VOCdevkit or VOCdevkit/VOC2007)"),
+        click.option("--out", required=True, type=click.Path(file_okay=False),
+                     help="output folder: results.json, results.md, features/ (the cache)"),
+        click.option("--costs", default=DEFAULT_COSTS, show_default=True,
+                     type=click.Choice(sorted(COST_LISTS)), help="SVM cost list"),
+        click.option("--random-init", is_flag=True, help="evaluate the same network untrained"),
+        click.option("--baselines", is_flag=True, help="also evaluate random init (second row)"),
+        click.option("--image-size", type=int, default=None,
+                     help="resize images to this square size [224; small networks: their own]"),
+        click.option("--jobs", default=-1, show_default=True,
+                     help="SVM worker processes (-1: all cores)"),
+        click.option("--batch-size", type=int, default=None, help="extraction batch size"),
+        click.option("--workers", default=0, show_default=True, help="data-loading workers"),
+        click.option("--cache", type=click.Path(file_okay=False), default=None,
+                     help="feature cache folder [OUT/features]"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _print_svm_results(results: dict[str, Any], out: str) -> None:
+    console.print(Markdown(results["markdown"]))
+    console.print(f"results: {Path(out) / 'results.json'}, {Path(out) / 'results.md'}")
+
+
+@benchmark.command("svm")
+@_svm_common_options
+@click.option("--layers", default="all", show_default=True,
+              help="comma-separated subset of " + ", ".join(LAYERS))
+def svm_command(layers, **options) -> None:
+    """VOC07 linear SVM: cost by 3-fold CV AP on trainval, refit, VOC AP on test."""
+    start = time.perf_counter()
+    results = run_svm(layers=layers, **options)
+    _print_svm_results(results, options["out"])
+    console.print(f"took {time.perf_counter() - start:.0f} s")
+
+
+@benchmark.command("lowshot")
+@_svm_common_options
+@click.option("--layers", default="auto", show_default=True,
+              help="comma-separated subset of " + ", ".join(LAYERS) +
+              "; auto: the best SVM layer when OUT holds SVM results, else all")
+@click.option("--ks", default=",".join(map(str, LOWSHOT_KS)), show_default=True,
+              help="positives per class")
+@click.option("--samples", default=LOWSHOT_SAMPLES, show_default=True,
+              help="independent samples per k")
+@click.option("--seed", default=0, show_default=True, help="seed of the samples")
+def lowshot_command(layers, ks, samples, seed, **options) -> None:
+    """Low-shot VOC07 SVM: k positives and 19k negatives per class, 5 seeded samples."""
+    start = time.perf_counter()
+    results = run_lowshot(layers=layers, ks=ks, samples=samples, seed=seed, **options)
+    _print_svm_results(results, options["out"])
+    console.print(f"took {time.perf_counter() - start:.0f} s")

