@@ -31,6 +31,7 @@ from deepcluster.models import build_backbone
 from deepcluster.sampler import (UniformClusterSampler, distributed_uniform_cluster_indices,
                                  padded_length, shuffled_order, uniform_cluster_indices)
 from deepcluster.transforms import MultiCrop, Pipeline, extraction_pipeline, small_crop_size
+from groupnorm import without_batchnorm
 
 WORLD = 2
 
@@ -203,23 +204,6 @@ SMALL = dict(data="digits", subset=400, image_size=8, arch="small-cnn", augmenta
              precision="32-true", workers=0, threads=1, accelerator="cpu", seed=7)
 
 
-def _group_norm(module: nn.Module) -> None:
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            setattr(module, name, nn.GroupNorm(1, child.num_features))
-        else:
-            _group_norm(child)
-
-
-def _without_batchnorm(arch, sobel=False):
-    """The small CNN with per-image GroupNorm for BatchNorm: no statistic depends on how a batch
-    is split over processes, so 2 processes must train exactly as 1 (BatchNorm cannot: torch's
-    SyncBatchNorm runs on GPUs only, see engine.processes.sync_batchnorm)."""
-    backbone = build_backbone(arch, sobel)
-    _group_norm(backbone)
-    return backbone
-
-
 def _recording_cluster(log: list):
     """DeepCluster.cluster, recording every process's model state and assignments each time."""
     real = v1_module.DeepCluster.cluster
@@ -236,7 +220,7 @@ def _run(monkeypatch, out, batchnorm=True, resume=None, **changes):
     log: list = []
     monkeypatch.setattr(v1_module.DeepCluster, "cluster", _recording_cluster(log))
     if not batchnorm:
-        monkeypatch.setattr(v1_module, "build_backbone", _without_batchnorm)
+        monkeypatch.setattr(v1_module, "build_backbone", without_batchnorm)
     config = PretrainConfig(**{**SMALL, "out": str(out), **changes})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -272,7 +256,7 @@ class _V2WithoutBatchNorm(v2_module.DeepClusterV2Model):
 def _run_v2(monkeypatch, out, **changes):
     monkeypatch.setattr(v2_module, "multicrop_pipeline", _deterministic_multicrop)
     monkeypatch.setattr(v2_module, "DeepClusterV2Model", _V2WithoutBatchNorm)
-    monkeypatch.setattr(v2_module, "build_backbone", _without_batchnorm)
+    monkeypatch.setattr(v2_module, "build_backbone", without_batchnorm)
     common = {k: v for k, v in SMALL.items() if k not in V1_ONLY}
     config = PretrainConfig(**{**common, **V2, "out": str(out), **changes})
     with warnings.catch_warnings():
@@ -430,3 +414,42 @@ def test_deepcluster_v2_on_two_processes_trains_as_one(runs):
     momentum = [state["momentum_buffer"].abs().max() for state in
                 expected["optimizer"]["state"].values()]
     assert momentum and max(momentum) > 1e-3
+
+
+# --- two nodes on one machine: two torchrun invocations of the CLI, one process each -----------
+
+def test_two_torchrun_nodes_train_as_one_process(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "groupnorm_cli.py"
+    args = ["pretrain", "--data", "digits", "--subset", "320", "--image-size", "8", "--k", "10",
+            "--pca-dim", "16", "--epochs", "2", "--batch-size", "64", "--extract-batch-size",
+            "160", "--lr", "0.05", "--augmentation", "none", "--precision", "32-true",
+            "--threads", "1", "--accelerator", "cpu", "--seed", "7"]
+    torchrun = Path(sys.executable).parent / "torchrun"
+    port = str(_free_port())
+    nodes = [subprocess.Popen([str(torchrun), "--nnodes", "2", "--node-rank", str(rank),
+                               "--nproc-per-node", "1", "--master-addr", "127.0.0.1",
+                               "--master-port", port, str(script), *args,
+                               "--out", str(tmp_path / "two-nodes")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in (0, 1)]
+    single = subprocess.run([sys.executable, str(script), *args, "--out", str(tmp_path / "one")],
+                            capture_output=True, text=True, timeout=600)
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert single.returncode == 0, single.stderr[-2000:]
+    for node, output in zip(nodes, outputs):
+        assert node.returncode == 0, output[-3000:]
+    two = load_checkpoint(tmp_path / "two-nodes" / "checkpoints" / "last.ckpt")
+    one = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.ckpt")
+    assert two["epoch"] == one["epoch"] == 2
+    for epoch in range(3):
+        name = f"assignments/epoch_{epoch:03d}.npy"
+        np.testing.assert_array_equal(np.load(tmp_path / "two-nodes" / name),
+                                      np.load(tmp_path / "one" / name))
+    for got, want in zip(two["history"][1:], one["history"][1:]):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+    for name, value in one["backbone"].items():
+        torch.testing.assert_close(two["backbone"][name], value, rtol=1e-4, atol=1e-5, msg=name)
