@@ -8,12 +8,20 @@ the scaling issue's target is at most 1.15. Prints a table and writes JSON.
 
     python bench/epoch_breakdown.py                      # default preset, 20k images
     python bench/epoch_breakdown.py --preset mmselfsup-peer --subset 2000
+    python bench/epoch_breakdown.py --before dc0df94     # also that commit's loop, in one run
+
+``--before REV`` checks REV out in a temporary git worktree and runs its own copy of this script
+on its own code first (a subprocess), so that the two loops are measured side by side on the same
+machine state.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -69,13 +77,33 @@ def pure_rates(config, images: int) -> dict[str, float]:
     return {"train_s": train, "extract_s": time.perf_counter() - start}
 
 
+def measure_before(rev: str, preset: str, subset: int) -> dict:
+    """This script's measurement at git revision ``rev`` (its own code, in a worktree)."""
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        tree, out = Path(tmp) / "tree", Path(tmp) / "before.json"
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(tree), rev],
+                       check=True, capture_output=True)
+        try:
+            env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+            subprocess.run([sys.executable, str(tree / "bench" / "epoch_breakdown.py"), "--preset",
+                            preset, "--subset", str(subset), "--out", str(out)], check=True,
+                           env=env, cwd=tree, stdout=subprocess.DEVNULL)
+            return json.loads(out.read_text())
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)],
+                           check=True, capture_output=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="fashion-mnist")
     parser.add_argument("--subset", type=int, default=20000)
+    parser.add_argument("--before", help="also measure this git revision's loop, first")
     parser.add_argument("--out", default="bench/results/epoch_breakdown.json")
     args = parser.parse_args()
 
+    before = measure_before(args.before, args.preset, args.subset) if args.before else None
     with tempfile.TemporaryDirectory() as tmp:
         config = get_preset(args.preset).override(subset=args.subset, epochs=1, out=tmp)
         with warnings.catch_warnings():
@@ -97,11 +125,17 @@ def main() -> None:
                       f"{loop[part] / pure[part]:.2f}")
     table.add_row("PCA + k-means", f"{loop['cluster_s']:.1f}", "-", "-")
     table.add_row("epoch", f"{loop['total_s']:.1f}", f"{pure['total_s']:.1f}", f"{ratio:.2f}")
+    if before:
+        b = before["loop"]
+        table.add_row(f"epoch at {args.before}", f"{b['total_s']:.1f}",
+                      f"{before['pure']['total_s']:.1f}", f"{before['overhead']:.2f}")
     Console().print(table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"preset": args.preset, "subset": args.subset,
-                                          "loop": loop, "pure": pure, "overhead": ratio},
-                                         indent=2))
+    result = {"preset": args.preset, "subset": args.subset, "loop": loop, "pure": pure,
+              "overhead": ratio}
+    if before:
+        result["before"] = {"rev": args.before, **before}
+    Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"written {args.out}")
 
 
