@@ -28,8 +28,8 @@ from deepcluster.datasets import load_dataset
 from deepcluster.distributed import gather_rows, shard_range
 from deepcluster.features import extract_global, extract_whitened
 from deepcluster.models import build_backbone
-from deepcluster.sampler import (UniformClusterSampler, distributed_uniform_cluster_indices,
-                                 padded_length, shuffled_order, uniform_cluster_indices)
+from deepcluster.sampler import (padded_length, process_share, shuffled_order,
+                                 uniform_cluster_indices)
 from deepcluster.transforms import MultiCrop, Pipeline, extraction_pipeline, small_crop_size
 from groupnorm import without_batchnorm
 
@@ -56,17 +56,16 @@ def _dump(value, path) -> None:
         pickle.dump(value, handle)
 
 
-# --- the sampler (no processes needed: every rank's share is a pure function) -----------------
+# --- the epoch's order and its shares (no processes needed: pure functions) -------------------
 
-def test_distributed_sampler_ranks_share_the_single_process_draw():
+def test_process_shares_of_the_uniform_draw_make_the_single_process_batches():
     assignments = np.random.default_rng(0).integers(0, 7, 203)  # 203: not a multiple of 2 or 3
     for world in (1, 2, 3):
         padded = padded_length(203, world)
         full = uniform_cluster_indices(assignments, padded, seed=4)
         # The first N positions are exactly the single-process epoch; the rest pads.
         np.testing.assert_array_equal(full[:203], uniform_cluster_indices(assignments, 203, 4))
-        parts = [distributed_uniform_cluster_indices(assignments, 4, rank, world)
-                 for rank in range(world)]
+        parts = [process_share(full, rank, world) for rank in range(world)]
         assert [len(part) for part in parts] == [padded // world] * world
         # Interleaved: rank r holds global positions r, r + world, ...; the slices are disjoint
         # and together they are the whole padded draw.
@@ -78,8 +77,6 @@ def test_distributed_sampler_ranks_share_the_single_process_draw():
             union = np.concatenate([part[step * 8:(step + 1) * 8] for part in parts])
             np.testing.assert_array_equal(np.sort(union),
                                           np.sort(full[step * 8 * world:(step + 1) * 8 * world]))
-    single = list(UniformClusterSampler(assignments, seed=4))
-    assert distributed_uniform_cluster_indices(assignments, 4, 0, 1).tolist() == single
 
 
 def test_v2_shuffled_order_is_the_shuffling_loaders_order_padded_for_the_processes():

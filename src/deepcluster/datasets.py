@@ -19,7 +19,6 @@ neither has to reach back into the one that builds on it.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 from .data import (
@@ -40,14 +39,6 @@ from .data import (
 from .readers import READERS
 
 SPLITS = ("train", "test")
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """What a ``--data`` value resolved to, kept in checkpoints so benchmarks can find it again."""
-
-    value: str
-    kind: str  # fashion-mnist | mnist | digits | idx | folder | list | unlabelled
 
 
 def load_dataset(value: str, split: str = "train", skip_unreadable: bool = False) -> ImageDataset:

@@ -1,12 +1,12 @@
-"""Uniform sampling over clusters, so that large clusters do not dominate an epoch."""
+"""The order of an epoch's images: uniform over clusters (so that large clusters do not dominate
+an epoch) or shuffled, padded for several processes, and each process's share of it."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
 
 
 def uniform_cluster_indices(assignments: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
@@ -34,56 +34,9 @@ def uniform_cluster_indices(assignments: np.ndarray, num_samples: int, seed: int
     return drawn[:num_samples]
 
 
-class UniformClusterSampler(Sampler[int]):
-    """A torch Sampler over ``uniform_cluster_indices``; one instance per epoch."""
-
-    def __init__(self, assignments: np.ndarray, num_samples: int | None = None, seed: int = 0):
-        self.indices = uniform_cluster_indices(
-            assignments, len(assignments) if num_samples is None else num_samples, seed)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices.tolist())
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
 def padded_length(num_samples: int, world_size: int) -> int:
     """``num_samples`` rounded up to a multiple of ``world_size``."""
     return -(-num_samples // world_size) * world_size
-
-
-def distributed_uniform_cluster_indices(assignments: np.ndarray, seed: int, rank: int,
-                                        world_size: int) -> np.ndarray:
-    """This process's share of an epoch of ``uniform_cluster_indices``.
-
-    Every process draws the same global list (same seed) of N images, padded to a multiple of
-    ``world_size`` (with one process: the single-process draw itself), and takes every
-    ``world_size``-th element starting at its rank (interleaved, as torch's DistributedSampler).
-    With a per-process batch of B, local batch s of every rank then holds global positions
-    ``[s * B * W, (s + 1) * B * W)``: the union over the ranks of one step is exactly the batch of
-    B * W that one process would see, and every rank has the same number of samples and steps
-    (the last batches included), which is what DDP's gradient averaging needs to equal the
-    gradient of the whole batch.
-    """
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in [0, {world_size})")
-    drawn = uniform_cluster_indices(assignments, padded_length(len(assignments), world_size), seed)
-    return drawn[rank::world_size]
-
-
-class DistributedUniformClusterSampler(Sampler[int]):
-    """``UniformClusterSampler`` for one of ``world_size`` processes (one instance per epoch):
-    see ``distributed_uniform_cluster_indices``. With ``world_size=1`` it is the plain sampler."""
-
-    def __init__(self, assignments: np.ndarray, rank: int, world_size: int, seed: int = 0):
-        self.indices = distributed_uniform_cluster_indices(assignments, seed, rank, world_size)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices.tolist())
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
 
 def shuffled_order(num_samples: int, seed: int, world_size: int = 1) -> list[int]:
@@ -94,3 +47,15 @@ def shuffled_order(num_samples: int, seed: int, world_size: int = 1) -> list[int
     order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
     padding = padded_length(num_samples, world_size) - num_samples
     return torch.cat([order, order[:padding]]).tolist()
+
+
+def process_share(order: Sequence[int], rank: int, world: int) -> Sequence[int]:
+    """Process ``rank``'s part of an epoch's global ``order`` (a multiple of ``world`` long):
+    every world-th element from its rank, interleaved as torch's DistributedSampler. With a local
+    batch of B, local batch s of every process then holds global positions
+    [s * B * W, (s + 1) * B * W): one step's local batches together are exactly the batch of
+    B * W that one process would take, and every process has the same number of steps, which is
+    what DDP's gradient averaging needs to equal the gradient of the whole batch."""
+    if len(order) % world:
+        raise ValueError(f"an epoch of {len(order)} images is not a multiple of {world} processes")
+    return order[rank::world]

@@ -34,7 +34,8 @@ from ..methods.base import Method, Refresh, RunContext
 from ..report import console, progress_bar
 from .checkpoints import checkpoint_path, load_run_state, save_run_state
 from .history import History, history_table, read_metrics_csv
-from .loaders import EpochBatches, training_loader
+from ..sampler import process_share
+from .loaders import training_loader
 from .processes import (broadcast_buffers, local_batch_size, prepare_model, seed_epoch,
                         seed_process_stream, start_processes)
 from .resume import NothingToDo, check_resume
@@ -114,7 +115,7 @@ class Engine:
             seed_process_stream(config.seed, epoch, self.rank)
             order = self.method.epoch_order(epoch, self.world)
             start = time.perf_counter()
-            loss, lr = self.train_pass(order[self.rank::self.world], epoch, config.seed + epoch)
+            loss, lr = self.train_pass(process_share(order, self.rank, self.world), epoch, config.seed + epoch)
             train_seconds = time.perf_counter() - start
             self.method.after_pass(order, self.world)
             if self.world > 1:
@@ -178,7 +179,7 @@ class Engine:
         ``order``, in train mode without gradients (e.g. DeepCluster-v2's first filling of its
         memory bank); returns the seconds it took."""
         start = time.perf_counter()
-        self.batches.set_epoch(order[self.rank::self.world], self.config.seed)
+        self.batches.set_epoch(process_share(order, self.rank, self.world), self.config.seed)
         self.fabric_model.train()
         bar = progress_bar(self.loader, "first pass",
                            enabled=self.fabric.is_global_zero and self.progress)

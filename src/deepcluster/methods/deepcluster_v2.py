@@ -32,7 +32,7 @@ from ..data import ArrayImageDataset
 from ..datasets import load_dataset
 from ..distributed import all_gather_columns, broadcast_from_rank0
 from ..models import Backbone, build_backbone
-from ..sampler import padded_length, shuffled_order
+from ..sampler import padded_length, process_share, shuffled_order
 from ..transforms import ChannelsLast, PerView, is_small, multicrop_pipeline
 from .base import Method, Refresh, RunContext, TrainingData
 from .deepcluster import clustering_refresh
@@ -148,7 +148,7 @@ class DeepClusterV2(Method):
                             len(views), self.config.temperature)
 
     def after_pass(self, order: Sequence[int], world: int) -> None:
-        all_gather_columns(self.memory, [list(order[r::world]) for r in range(world)])
+        all_gather_columns(self.memory, [list(process_share(order, r, world)) for r in range(world)])
 
     def refresh_targets(self, run: RunContext, epoch: int) -> Refresh:
         """Cluster the memory bank (seed of ``epoch``); the first set stands for the epoch in the
