@@ -4,7 +4,7 @@ On one CUDA device, for ResNet-50 with the Sobel layer (bf16 autocast, channels-
   - model: images/s of the pure training step (forward, backward, SGD; k = 10000 head) and of the
     extraction forward pass, eager and compiled (torch.compile), on batches already on the GPU;
   - loop: images/s of the training pass and of the extraction pass inside a real pretraining
-    epoch (``deepcluster.pretrain``) on 25,600 JPEG entries (a list file cycling over the 2,048
+    epoch (``deepcluster.engine.pretrain``) on 25,600 JPEG entries (a list file cycling over the 2,048
     written JPEGs: every entry is read and decoded, on the GPU), and their share of the pure
     rates (the issue's target: at least 90%);
   - k-means: seconds per Lloyd's iteration of the torch backend at N = 1.28M, k = 10000, d = 256
