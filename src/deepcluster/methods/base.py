@@ -28,6 +28,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..config import PretrainConfig
+from ..data import ImageDataset
+from ..datasets import load_dataset
 
 
 @dataclass
@@ -74,6 +76,12 @@ class Method:
 
     def training_data(self) -> TrainingData:
         raise NotImplementedError
+
+    def training_images(self) -> ImageDataset:
+        """The config's training split (its first ``subset`` images)."""
+        config = self.config
+        images = load_dataset(config.data, "train", skip_unreadable=config.skip_unreadable)
+        return images.subset(config.subset) if config.subset else images
 
     def build_model(self) -> nn.Module:
         raise NotImplementedError

@@ -27,7 +27,6 @@ from torch import nn
 
 from ..clustering import ClusteringResult, check_k, cluster_features, cluster_whitened, nmi
 from ..data import ArrayImageDataset, ImageFileDataset
-from ..datasets import load_dataset
 from ..device_decode import DecodeOnDevice, collate_encoded
 from ..distributed import is_distributed
 from ..features import extract_global, extract_whitened
@@ -45,9 +44,7 @@ class DeepCluster(Method):
 
     def training_data(self) -> TrainingData:
         config = self.config
-        images = load_dataset(config.data, "train", skip_unreadable=config.skip_unreadable)
-        if config.subset:
-            images = images.subset(config.subset)
+        images = self.training_images()
         check_k(len(images), config.k)
         if config.decode_on_device:
             train, extract, collate = self._decoded_on_device(images)

@@ -29,7 +29,6 @@ from torch import nn
 
 from ..clustering import ClusteringResult, check_k, torch_kmeans
 from ..data import ArrayImageDataset
-from ..datasets import load_dataset
 from ..distributed import all_gather_columns, broadcast_from_rank0
 from ..models import Backbone, build_backbone
 from ..sampler import padded_length, process_share, shuffled_order
@@ -93,9 +92,7 @@ class DeepClusterV2(Method):
 
     def training_data(self) -> TrainingData:
         config = self.config
-        images = load_dataset(config.data, "train", skip_unreadable=config.skip_unreadable)
-        if config.subset:
-            images = images.subset(config.subset)
+        images = self.training_images()
         check_k(len(images), config.k)
         world = self.fabric.world_size
         if (padded_length(len(images), world) // world) % (config.batch_size // world) == 1:

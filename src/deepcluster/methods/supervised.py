@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from ..data import ArrayImageDataset
-from ..datasets import load_dataset
 from ..models import DeepClusterModel, build_backbone
 from ..sampler import shuffled_order
 from ..transforms import ChannelsLast, is_small, training_pipeline
@@ -24,11 +23,9 @@ class Supervised(Method):
 
     def training_data(self) -> TrainingData:
         config = self.config
-        images = load_dataset(config.data, "train", skip_unreadable=config.skip_unreadable)
+        images = self.training_images()
         if images.targets is None:
             raise ValueError(f"data={config.data!r} has no labels; the supervised baseline needs them")
-        if config.subset:
-            images = images.subset(config.subset)
         self.labels = np.asarray(images.targets, dtype=np.int64)
         self.classes = max(len(images.classes), int(self.labels.max()) + 1)
         in_memory = isinstance(images, ArrayImageDataset) and is_small(config.image_size)
