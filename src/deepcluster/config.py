@@ -78,6 +78,7 @@ class PretrainConfig:
     # --- DeepCluster (v1) -----------------------------------------------------------------------
     pca_dim: int = option(64, "PCA-whitening dimension before k-means", methods=(V1,), minimum=1)
     streaming_pca: bool = option(True, "fit the PCA batch by batch while extracting: N x pca_dim in memory, not N x D", methods=(V1,), resume=True)
+    feature_memory_gb: float = option(2.0, "with streaming_pca: hold the full-width features in memory up to this many GiB per process, beyond it spill them to a temporary file in float16 (0: always spill)", methods=(V1,), resume=True, minimum=0)
     reset_head: bool = option(True, "re-initialise the classifier head before every epoch (the cluster ids change meaning at each clustering)", methods=(V1,))
     kmeans_backend: str = option("faiss", "k-means implementation", methods=(V1,), choices=KMEANS_BACKENDS)
     extract_batch_size: int = option(512, "batch size of the extraction pass", methods=(V1,), resume=True, minimum=1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from contextlib import contextmanager
-from typing import Callable
+from typing import IO, Callable, Iterator
 
 import numpy as np
 import torch
@@ -131,22 +131,117 @@ def extract_global(backbone: Backbone, dataset: Dataset, batch_size: int = 256, 
         return extract(fn, loader, device, progress=progress)
 
 
+DEFAULT_FEATURE_MEMORY = 2 << 30
+"""Bytes of full-width float32 features ``extract_whitened`` holds in memory (per process) rather
+than spilling them to disk. Holding skips writing and reading back N x D values (at N = 240k,
+D = 2048: 4-13% of the clustering step on this project's 2 cores with the file in the page cache,
+docs/bench.md; more where the file goes to a real disk). 2 GiB holds ResNet-50's features
+(D = 2048) of 260k images, or the default small CNN's (D = 256) of 2M, beside a dataset and a
+model on a machine of a few tens of GiB; above it the spill keeps the step's memory near
+N x pca_dim, whatever N."""
+
+SPILL_DTYPES = ("float16", "float32")
+
+
+class _FeatureStore:
+    """The full-width features of one extraction pass, kept until the PCA is fitted: one
+    preallocated float32 N x D array when N x D x 4 bytes fit ``memory_budget`` (``None``:
+    always), otherwise a temporary file of ``spill_dtype`` rows in ``spill_dir``. Where they go
+    is decided on the first batch, when D is known."""
+
+    def __init__(self, num: int, memory_budget: int | None, spill_dtype: str,
+                 spill_dir: str | os.PathLike | None):
+        if spill_dtype not in SPILL_DTYPES:
+            raise ValueError(f"spill_dtype must be one of {SPILL_DTYPES}, got {spill_dtype!r}")
+        self.num, self.budget, self.dir = num, memory_budget, spill_dir
+        self.dtype = np.dtype(spill_dtype)
+        self.held: np.ndarray | None = None
+        self.spill: IO[bytes] | None = None
+        self.rows = self.width = 0
+
+    def __enter__(self) -> "_FeatureStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.spill is not None:
+            self.spill.close()
+        self.held = None
+
+    def _open(self, width: int) -> None:
+        self.width = width
+        if self.budget is None or self.num * width * 4 <= self.budget:
+            self.held = np.empty((self.num, width), dtype=np.float32)
+        else:
+            self.spill = tempfile.TemporaryFile(dir=self.dir)
+
+    def append(self, batch: torch.Tensor) -> None:
+        """Keep a float32 (B, D) batch: as it is in memory, or converted to the spill's dtype
+        (on the batch's device, so that a GPU sends half the bytes to the host in float16)."""
+        if not self.width:
+            self._open(batch.shape[1])
+        if self.held is not None:
+            self.held[self.rows:self.rows + len(batch)] = batch.cpu().numpy()
+        else:
+            spilled = batch.to(getattr(torch, self.dtype.name))
+            # (aminmax: 20x faster than isinf() on a float16 CPU tensor)
+            if self.dtype == np.float16 and any(end.isinf() for end in spilled.aminmax()):
+                raise OverflowError("features beyond float16's range (65504) cannot be spilled "
+                                    "in float16: use spill_dtype='float32' or a larger budget")
+            self.spill.write(spilled.cpu().numpy().tobytes())
+        self.rows += len(batch)
+
+    def chunks(self, rows: int) -> Iterator[np.ndarray]:
+        """The kept features in order, ``rows`` rows at a time (the last chunk may be shorter):
+        views of the float32 array, or arrays read back from the file in its dtype."""
+        if self.spill is not None:
+            self.spill.seek(0)
+        for start in range(0, self.rows, rows):
+            if self.held is not None:
+                yield self.held[start:start + rows]
+            else:
+                count = min(rows, self.rows - start) * self.width
+                yield np.fromfile(self.spill, dtype=self.dtype, count=count).reshape(-1, self.width)
+
+
+def _project(pca: StreamingPCA, store: _FeatureStore, full_precision: torch.autocast
+             ) -> np.ndarray:
+    """Every kept row projected by the fitted ``pca`` (float32 N x pca.dim), 16 MiB of float32
+    features at a time: the same chunks whether they were held or spilled, so that holding
+    gives exactly what a float32 spill gives."""
+    reduced = np.empty((store.rows, pca.dim), dtype=np.float32)
+    start = 0
+    for chunk in store.chunks(max(1, (16 << 20) // (4 * store.width))):
+        chunk = torch.from_numpy(chunk).to(pca.mean.device)
+        with full_precision:
+            reduced[start:start + len(chunk)] = pca.transform(chunk).cpu().numpy()
+        start += len(chunk)
+    return reduced
+
+
 @torch.inference_mode()
 def extract_whitened(backbone: Backbone, dataset: Dataset, pca_dim: int, batch_size: int = 256,
                      workers: int = 0, device: torch.device | str = "cpu", progress: bool = True,
                      batch_transform: nn.Module | None = None,
                      spill_dir: str | os.PathLike | None = None, shard: bool = False,
-                     collate: Callable | None = None) -> np.ndarray:
+                     collate: Callable | None = None, *,
+                     memory_budget: int | None = DEFAULT_FEATURE_MEMORY,
+                     spill_dtype: str = "float16") -> np.ndarray:
     """The backbone's global feature of every image, PCA-whitened to ``pca_dim`` (N x pca_dim,
-    float32), without the N x D matrix in memory.
+    float32), with one extraction pass.
 
-    One extraction pass fits a ``StreamingPCA`` and appends the full-width features to a temporary
-    file (in ``spill_dir``, default the system's temp folder); the file is then read back and
-    projected a chunk at a time. Peak memory: N x pca_dim + D x D + one chunk.
+    The pass fits a ``StreamingPCA`` on the float32 features and keeps them at full width until
+    it is fitted, then projects them a chunk at a time. They are held in memory (one float32
+    N x D array) when N x D x 4 bytes fit ``memory_budget`` (``None``: always; ``0``: never),
+    which skips the disk; otherwise they are spilled to a temporary file (in ``spill_dir``,
+    default the system's temp folder) in ``spill_dtype``. A float16 spill halves the disk
+    traffic and changes the result by float16's rounding of the projected features (relative
+    2^-11, amplified along the weakest components); a float32 one gives exactly the in-memory
+    result. Peak memory: N x pca_dim + D x D + one chunk, plus N x D x 4 bytes when held.
 
     Under torch.distributed each process passes its own part of the data (or, with ``shard``,
-    extracts only its contiguous shard of ``dataset``); the PCA statistics are all-reduced, so
-    every process projects its rows with the same PCA, fitted on all N images, and returns them.
+    extracts only its contiguous shard of ``dataset``), and the budget applies to its rows; the
+    PCA statistics are all-reduced, so every process projects its rows with the same PCA, fitted
+    on all N images, and returns them.
     """
     device = torch.device(device)
     if shard:
@@ -156,29 +251,19 @@ def extract_whitened(backbone: Backbone, dataset: Dataset, pca_dim: int, batch_s
     pca = StreamingPCA(pca_dim)
     # Under a bf16/fp16 autocast (the training precision) only the network runs in it.
     full_precision = torch.autocast(device.type, enabled=False)
-    width = 0
-    with _eval_mode(backbone), tempfile.TemporaryFile(dir=spill_dir) as spill:
+    store = _FeatureStore(len(loader.dataset), memory_budget, spill_dtype, spill_dir)
+    with _eval_mode(backbone), store:
         for out, _ in _outputs(fn, loader, device, "extract", progress):
             with full_precision:
                 pca.update(out)
-            width = out.shape[1]
-            spill.write(out.cpu().numpy().tobytes())
+            store.append(out)
         if pca.count == 0:
             raise ValueError("cannot extract features of an empty dataset")
-        num = pca.count  # this process's rows (all of them without torch.distributed)
         pca.all_reduce()  # from here on, count and sums are those of all the processes
-        pca.dim = pca_dim_for(pca.count, width, pca_dim)
+        pca.dim = pca_dim_for(pca.count, store.width, pca_dim)
         with full_precision:
             pca.fit()
-        spill.seek(0)
-        reduced = np.empty((num, pca.dim), dtype=np.float32)
-        rows = max(1, (16 << 20) // (4 * width))  # read back 16 MiB at a time
-        for start in range(0, num, rows):
-            chunk = np.fromfile(spill, dtype=np.float32, count=min(rows, num - start) * width)
-            chunk = torch.from_numpy(chunk.reshape(-1, width)).to(pca.mean.device)
-            with full_precision:
-                reduced[start:start + len(chunk)] = pca.transform(chunk).cpu().numpy()
-    return reduced
+        return _project(pca, store, full_precision)
 
 
 def pooled_map(backbone: Backbone, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -87,7 +87,8 @@ class StreamingPCA:
         return self
 
     def transform(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, D) features -> (B, dim) whitened projections, float32."""
+        """(B, D) features -> (B, dim) whitened projections, float32 (float16 features, e.g.
+        spilled ones, are widened to float32 first)."""
         if self.components is None:
             raise RuntimeError("call fit() before transform()")
         return (features.to(torch.float32) - self._mean32) @ self._projection

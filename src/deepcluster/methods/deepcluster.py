@@ -123,6 +123,7 @@ class DeepCluster(Method):
         with self.fabric.autocast():  # the training precision (bf16-mixed: bf16 convolutions)
             if config.streaming_pca:
                 features = extract_whitened(self.model.backbone, self.eval_set, config.pca_dim,
+                                            memory_budget=int(config.feature_memory_gb * 2**30),
                                             **options)
             else:
                 features, _ = extract_global(self.model.backbone, self.eval_set, **options)
