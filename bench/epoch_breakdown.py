@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -77,7 +76,30 @@ def pure_rates(config, images: int) -> dict[str, float]:
     return {"train_s": train, "extract_s": time.perf_counter() - start}
 
 
-def measure_before(rev: str, preset: str, subset: int) -> dict:
+# Runs an older tree's copy of this script on its own code. The editable install puts this
+# checkout's src/ on the path: the older tree's src/ replaces it (older trees had no __init__.py:
+# a namespace package would merge both). A given precision is set on the older tree's presets
+# (its script has no --precision).
+BOOTSTRAP = """
+import dataclasses, importlib, runpy, sys
+tree_src, this_src, precision = sys.argv[1:4]
+sys.path[:] = [tree_src] + [p for p in sys.path if p != this_src]
+sys.argv = sys.argv[4:]
+if precision:
+    for name in ("deepcluster.presets", "deepcluster.config"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "PRESETS"):
+            for key, preset in module.PRESETS.items():
+                module.PRESETS[key] = dataclasses.replace(preset, precision=precision)
+            break
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def measure_before(rev: str, preset: str, subset: int, precision: str | None) -> dict:
     """This script's measurement at git revision ``rev`` (its own code, in a worktree)."""
     root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,10 +107,11 @@ def measure_before(rev: str, preset: str, subset: int) -> dict:
         subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(tree), rev],
                        check=True, capture_output=True)
         try:
-            env = {**os.environ, "PYTHONPATH": str(tree / "src")}
-            subprocess.run([sys.executable, str(tree / "bench" / "epoch_breakdown.py"), "--preset",
-                            preset, "--subset", str(subset), "--out", str(out)], check=True,
-                           env=env, cwd=tree, stdout=subprocess.DEVNULL)
+            script = tree / "bench" / "epoch_breakdown.py"
+            subprocess.run([sys.executable, "-c", BOOTSTRAP, str(tree / "src"), str(root / "src"),
+                            precision or "", str(script), "--preset", preset, "--subset",
+                            str(subset), "--out", str(out)],
+                           check=True, cwd=tree, stdout=subprocess.DEVNULL)
             return json.loads(out.read_text())
         finally:
             subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)],
@@ -100,12 +123,16 @@ def main() -> None:
     parser.add_argument("--preset", default="fashion-mnist")
     parser.add_argument("--subset", type=int, default=20000)
     parser.add_argument("--before", help="also measure this git revision's loop, first")
+    parser.add_argument("--precision", help="override the preset's precision (32-true on a CPU "
+                        "without BF16 instructions, where bf16-mixed is several times slower)")
     parser.add_argument("--out", default="bench/results/epoch_breakdown.json")
     args = parser.parse_args()
 
-    before = measure_before(args.before, args.preset, args.subset) if args.before else None
+    before = (measure_before(args.before, args.preset, args.subset, args.precision)
+              if args.before else None)
     with tempfile.TemporaryDirectory() as tmp:
-        config = get_preset(args.preset).override(subset=args.subset, epochs=1, out=tmp)
+        config = get_preset(args.preset).override(subset=args.subset, epochs=1, out=tmp,
+                                                  precision=args.precision)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             history = pretrain(config, progress=False).history

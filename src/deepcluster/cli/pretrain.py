@@ -137,7 +137,9 @@ DEMO_METHODS = {"v1": DEFAULT_PRESET, "v2": DEFAULT_V2_PRESET}
 @click.option("--methods", default="v1,v2", show_default=True,
               help="which to pretrain: v1 (the default preset), v2 (DeepCluster-v2), or both")
 @click.option("--epochs", type=int, default=None, help="override the presets' epochs")
-def demo(out: str, methods: str, epochs: int | None) -> None:
+@click.option("--precision", default=None, help="override the presets' bf16-mixed (32-true on a "
+              "CPU without BF16 instructions, where bf16 is several times slower)")
+def demo(out: str, methods: str, epochs: int | None, precision: str | None) -> None:
     """The quick start: pretrain DeepCluster (and DeepCluster-v2) with the default presets, then
     k-NN against random init and raw pixels."""
     import time
@@ -153,7 +155,7 @@ def demo(out: str, methods: str, epochs: int | None) -> None:
     for index, method in enumerate(chosen):
         config = get_preset(DEMO_METHODS[method]).override(
             out=str(Path(out) / ("pretrain" if method == "v1" else f"pretrain-{method}")),
-            epochs=epochs)
+            epochs=epochs, precision=precision)
         start = time.perf_counter()
         checkpoint = _pretrain_or_reuse(config)
         seconds[method] = time.perf_counter() - start
