@@ -214,13 +214,9 @@ def load_yaml_config(path: str | Path, base: PretrainConfig | None = None) -> Pr
         raise ValueError(f"{path}: not valid YAML ({error})") from error
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of config fields, got {type(values).__name__}")
-    version = values.pop("config_version", CONFIG_VERSION)
-    base_values = (base or PretrainConfig()).to_dict()
-    method = values.get("method", base_values["method"])
-    if method != base_values["method"]:
-        base_values = (base or PretrainConfig()).override(method=method).to_dict()
-    merged = {**base_values, **values, "config_version": version}
-    if version == 1:
-        merged = {**base_values, **upgrade_version_1(values), "config_version": CONFIG_VERSION}
-    return PretrainConfig.from_dict(merged, source=str(path))
+    if values.pop("config_version", CONFIG_VERSION) == 1:
+        values = upgrade_version_1(values)
+    # a file that names another method starts from the base's fields that method uses
+    start = (base or PretrainConfig()).override(method=values.get("method"))
+    return PretrainConfig.from_dict({**start.to_dict(), **values}, source=str(path))
 

@@ -28,10 +28,12 @@ TITLES = {"loss": "loss", "nmi_previous": "NMI previous", "nmi_labels": "NMI lab
 
 
 def format_value(value: Any) -> str:
-    if isinstance(value, float):
-        return "-" if math.isnan(value) else f"{value:.3f}" if abs(value) >= 1e-3 or value == 0 \
-            else f"{value:.2e}"
-    return str(value)
+    """Floats to 3 decimals (small ones such as a learning rate of 1e-5 in exponent form)."""
+    if not isinstance(value, float):
+        return str(value)
+    if math.isnan(value):
+        return "-"
+    return f"{value:.3f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.2e}"
 
 
 def format_row(row: Row) -> str:
@@ -97,7 +99,7 @@ class History:
         self.rows.append(row)
         if not self.writer:
             return
-        atomic_write(self.out / "metrics.csv", lambda temp: Path(temp).write_text(csv_text(self.rows)))
+        self.rewrite()
         self.tensorboard(first_epoch=row["epoch"])
         for name, value in row.items():
             if name != "epoch" and isinstance(value, (int, float)):

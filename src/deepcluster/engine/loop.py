@@ -137,7 +137,7 @@ class Engine:
         self.history.rows = saved_history(state, self.config)
         self.history.rewrite()  # drops any row an interrupted run logged past its checkpoint
         done = int(state["epoch"])
-        assignments = self.method.state_dict().get("assignments")
+        assignments = state.get("assignments")  # the method's cluster ids, where it has any
         if self.fabric.is_global_zero and assignments is not None:
             file = self.out / "assignments" / f"epoch_{done:03d}.npy"
             if not file.exists():  # interrupted between the checkpoint and its assignments
