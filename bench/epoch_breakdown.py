@@ -34,6 +34,7 @@ from torch import nn
 from deepcluster.presets import get_preset
 from deepcluster.models import DeepClusterModel, build_backbone
 from deepcluster.engine import pretrain
+from deepcluster.engine.processes import resolve_precision
 
 
 def pure_rates(config, images: int) -> dict[str, float]:
@@ -45,7 +46,8 @@ def pure_rates(config, images: int) -> dict[str, float]:
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(config.precision)
+    precision = resolve_precision(config.precision, "cpu")
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
     autocast = lambda: torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)  # noqa: E731
     size = config.image_size
 

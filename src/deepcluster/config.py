@@ -30,7 +30,7 @@ GROUP_TITLES = {COMMON: "common to every method", (V1, V2): "DeepCluster v1 and 
 # "cosine-epoch" decays once per epoch (the original DeepCluster code's cosine).
 LR_SCHEDULES = ("constant", "cosine", "cosine-epoch")
 EPOCH_DEPENDENT_SCHEDULES = ("cosine", "cosine-epoch")
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 CONFIG_VERSION = 2
 
 
@@ -64,7 +64,8 @@ class PretrainConfig:
     threads: int = option(0, "torch CPU threads (0: torch's default)", resume=True, minimum=0)
     accelerator: str = option("auto", "cpu, cuda or auto", resume=True)
     devices: int = option(1, "devices per node", resume=True, minimum=1)
-    precision: str = option("32-true", "training precision", choices=PRECISIONS)
+    precision: str = option("32-true", "training precision (auto: bf16-mixed where the chip has bf16 "
+                             "arithmetic, else 32-true)", choices=PRECISIONS)
     channels_last: bool = option(True, "channels-last memory layout for model and batches (faster convolutions)")
     compile: bool = option(False, "torch.compile the backbone: faster steps on GPUs after a compile of a minute or two (on the CPU it needs a C++ compiler)", resume=True)
     seed: int = option(0, "seed of initialisation, clustering, sampling and augmentation")

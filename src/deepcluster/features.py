@@ -21,7 +21,7 @@ from .clustering import pca_dim_for
 from .distributed import dataset_shard
 from .models import FEATURE_NAMES, Backbone
 from .pca import StreamingPCA
-from .report import progress_bar
+from .console import progress_bar
 
 # The benchmarks' pooling of each ResNet-50 stage at 224 px (MMSelfSup and VISSL agree):
 # name -> (spatial size at 224 px, AvgPool2d kernel, stride, padding, pooled grid).

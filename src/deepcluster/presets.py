@@ -7,16 +7,17 @@ from .config import PretrainConfig
 
 PRESETS: dict[str, PretrainConfig] = {
     # The default: learns visibly on Fashion-MNIST within about ten minutes on a 2-core CPU.
-    # bf16 convolutions: 1.5x faster on CPUs with AVX-512 BF16 (and on GPUs); 32-true elsewhere.
+    # Precision "auto": bf16 convolutions are 1.5x faster on CPUs with AVX-512 BF16 (and on GPUs)
+    # but about 6x slower on CPUs without it (a Zen 3), which get 32-true.
     # The augmentation is the one docs/ablation.md found best (crop scale 0.14-1, flip, jitter).
-    "fashion-mnist": PretrainConfig(precision="bf16-mixed", augmentation="strong"),
+    "fashion-mnist": PretrainConfig(precision="auto", augmentation="strong"),
     # The same for a user with an hour: 40 epochs (docs/ablation.md: what 15 and 60 minutes reach).
-    "quality": PretrainConfig(precision="bf16-mixed", augmentation="strong", epochs=40,
+    "quality": PretrainConfig(precision="auto", augmentation="strong", epochs=40,
                               out="runs/quality"),
     # DeepCluster-v2 on the same data: 3 x 100 prototypes, 2 x 28 px + 2 x 12 px crops, cosine
     # schedule after a half-epoch warm-up.
     "fashion-mnist-v2": PretrainConfig(
-        method="deepcluster-v2", precision="bf16-mixed", kmeans_iters=10, lr_schedule="cosine",
+        method="deepcluster-v2", precision="auto", kmeans_iters=10, lr_schedule="cosine",
         warmup_epochs=0.5, epochs=3),
     # The MMSelfSup recipe (configs/selfsup/deepcluster, 8 GPUs x 64 images).
     "imagenet-resnet50-sobel": PretrainConfig(
@@ -32,7 +33,7 @@ PRESETS: dict[str, PretrainConfig] = {
     "mmselfsup-peer": PretrainConfig(
         data="fashion-mnist", subset=10000, arch="resnet18", sobel=True, image_size=64,
         augmentation="mmselfsup", k=100, pca_dim=256, epochs=3, batch_size=64, lr=0.0125,
-        extract_batch_size=64, workers=1, threads=1, precision="bf16-mixed",
+        extract_batch_size=64, workers=1, threads=1, precision="auto",
         out="runs/mmselfsup-peer"),
 }
 

@@ -27,7 +27,7 @@ from torchvision.transforms import InterpolationMode, v2
 from ..data import ArrayImageDataset
 from ..features import extract_layers, make_loader, pooled_layers
 from ..models import Backbone
-from ..report import progress_bar
+from ..console import progress_bar
 from ..transforms import (extraction_pipeline, extraction_transform, is_small, normalise,
                           training_transform)
 from .linear import Batches

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from ..checkpoint import backbone_from_checkpoint, load_checkpoint, save_checkpoint, save_json
 from ..datasets import load_dataset
-from ..report import console
+from ..console import console
 from ..transforms import ChannelsLast
 from .linear import LinearProbe, build_optimizer, evaluate, freeze, head_dims, train_epoch
 from .linear_config import LinearConfig

@@ -19,7 +19,7 @@ from ..benchmarks.linear_run import results_table, run_linear
 from ..benchmarks.svm import COST_LISTS, DEFAULT_COSTS, LAYERS, LOWSHOT_KS, LOWSHOT_SAMPLES
 from ..benchmarks.svm_run import run_lowshot, run_svm
 from ..checkpoint import atomic_write
-from ..report import console
+from ..console import console
 from ..results import gather, load_results, render
 from . import main
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..report import console
+from ..console import console
 from ..voc import VOC_CLASSES, read_voc
 from ..voc_generator import make_voc
 from . import main

@@ -15,7 +15,7 @@ from ..engine import pretrain as run_pretrain
 from ..engine.checkpoints import checkpoint_path
 from ..engine.resume import find_checkpoint, resumed_config
 from ..presets import DEFAULT_PRESET, DEFAULT_V2_PRESET, PRESETS, get_preset
-from ..report import console
+from ..console import console
 from . import main
 from .benchmark import knn_table
 

@@ -18,7 +18,7 @@ from typing import Any
 from rich.table import Table
 
 from ..checkpoint import atomic_write
-from ..report import console
+from ..console import console
 
 Row = dict[str, Any]
 TITLES = {"loss": "loss", "nmi_previous": "NMI previous", "nmi_labels": "NMI labels",

@@ -31,7 +31,7 @@ from ..config import PretrainConfig
 from ..distributed import barrier, mean_over_processes
 from ..methods import get_method
 from ..methods.base import Method, Refresh, RunContext
-from ..report import console, progress_bar
+from ..console import console, progress_bar
 from .checkpoints import checkpoint_path, load_run_state, save_run_state
 from .history import History, history_table, read_metrics_csv
 from ..sampler import process_share

@@ -3,6 +3,8 @@ seeding that makes every epoch the same whether or not the run was resumed befor
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from lightning.fabric import Fabric
@@ -19,13 +21,34 @@ def start_processes(config: PretrainConfig) -> Fabric:
     devices, num_nodes = launched_by_torchrun() or (config.devices, 1)
     several = devices * num_nodes > 1
     fabric = Fabric(accelerator=config.accelerator, devices=devices, num_nodes=num_nodes,
-                    strategy="ddp" if several else "auto", precision=config.precision)
+                    strategy="ddp" if several else "auto",
+                    precision=resolve_precision(config.precision, config.accelerator))
     if several:
         fabric.launch()  # starts the other processes (devices=N), or joins torchrun's
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     return fabric
+
+
+def resolve_precision(precision: str, accelerator: str = "auto") -> str:
+    """``precision``, with "auto" made "bf16-mixed" where the chip computes in bf16 natively (a
+    GPU that supports it, a CPU with AVX-512 BF16 or AMX) and "32-true" elsewhere: without those
+    instructions bf16 is emulated and runs several times slower than fp32."""
+    if precision != "auto":
+        return precision
+    if accelerator != "cpu" and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if cpu_has_bf16() else "32-true"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic (Linux's flags; False where they cannot be read)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def local_batch_size(batch_size: int, world_size: int) -> int:
