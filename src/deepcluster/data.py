@@ -2,9 +2,9 @@
 
 Every dataset here returns ``(image, label)`` pairs, where ``image`` is a PIL image and ``label``
 is an int (``-1`` when the data has no labels), and exposes ``targets`` (an int array, or ``None``)
-and ``classes``. The readers build them from IDX files, scikit-learn's digits, class-folder trees,
-list files and plain image folders; ``datasets.load_dataset`` picks one for a ``--data`` value
-(and ``readers.py`` adds the official ImageNet / Places205 / iNaturalist layouts).
+and ``classes``. The readers build them from IDX files, scikit-learn's digits, class-folder trees
+and plain image folders; ``list_files.py`` reads list files, ``readers.py`` the official ImageNet /
+Places205 / iNaturalist layouts, and ``datasets.load_dataset`` picks one for a ``--data`` value.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import copy
 import gzip
 import os
 import struct
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -198,11 +199,28 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def file_exists(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file; False (never an error) for a name the system cannot hold
+    (too long, a NUL byte)."""
+    try:
+        return os.path.isfile(path)
+    except (OSError, ValueError):
+        return False
+
+
+def printable(text: str) -> str:
+    """``text`` as is when it prints on one line, else its ``repr`` (for names read from files)."""
+    return text if text.isprintable() else repr(text)
+
+
 def read_image(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file to RGB, or raise ImageReadError naming the file."""
+    """Decode an image file to RGB, or raise ImageReadError naming the file. A file that does not
+    exist is a plain DataError (not an ImageReadError: ``drop_unreadable`` does not skip it)."""
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"image {path} not found") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageReadError(f"cannot read image {path}: {error}") from error
 
@@ -259,17 +277,58 @@ class ImageFileDataset(ImageDataset):
         return len(self.skipped)
 
 
-def image_folder_dataset(root: Path, name: str | None = None) -> ImageFileDataset:
-    """One sub-folder per class (the ImageNet train/val layout), classes in sorted order."""
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+def _has_image(folder: Path) -> bool:
+    return any(p.is_file() and is_image_file(p) for p in folder.rglob("*"))
+
+
+def class_folders(root: Path) -> list[Path]:
+    """The class folders of a class-folder tree: its sub-folders, sorted, hidden ones (``.name``)
+    left out. A folder without images is an error naming it (as torchvision's ImageFolder), since
+    it would sit in the class list with no image."""
+    if not root.is_dir():
+        raise DataError(f"class folder tree {root} not found")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    empty = [p.name for p in folders if not _has_image(p)]
+    if empty:
+        raise DataError(f"{root}: class folder(s) without images: {', '.join(map(printable, empty))}"
+                        f" (extensions {', '.join(IMAGE_EXTENSIONS)}); remove them or add images")
+    return folders
+
+
+def image_folder_dataset(root: Path, name: str | None = None,
+                         classes: Sequence[str] | None = None) -> ImageFileDataset:
+    """One sub-folder per class (the ImageNet train/val layout).
+
+    ``classes`` None: the classes are this tree's folders, sorted (``class_folders``). Otherwise
+    they are the training tree's classes, which number the labels: every folder here must be one
+    of them, and a class without a folder here is fine (a warning names it).
+    """
+    root = Path(root)
+    folders = class_folders(root)
+    stray = [p for p in root.iterdir() if p.is_file() and is_image_file(p)]
+    if stray:
+        raise DataError(f"{root}: image {printable(stray[0].name)} lies outside the class folders "
+                        f"({len(stray)} such image(s)); sort them into one folder per class")
+    if classes is None:
+        classes = [p.name for p in folders]
+    index = {class_name: label for label, class_name in enumerate(classes)}
+    unknown = [p for p in folders if p.name not in index]
+    if unknown:
+        raise DataError(f"{unknown[0]}: class folder is not one of the {len(classes)} training "
+                        f"classes (unknown class {unknown[0].name!r})")
+    absent = [c for c in classes if c not in {p.name for p in folders}]
+    if absent:
+        warnings.warn(f"{root}: no folder for {len(absent)} of the {len(classes)} training "
+                      f"classes (first: {printable(absent[0])}); the labels follow the training "
+                      "classes all the same", stacklevel=2)
     paths, targets = [], []
-    for label, class_dir in enumerate(class_dirs):
+    for class_dir in folders:
         files = sorted(p for p in class_dir.rglob("*") if p.is_file() and is_image_file(p))
         paths += files
-        targets += [label] * len(files)
+        targets += [index[class_dir.name]] * len(files)
     if not paths:
         raise DataError(f"{root}: no images with extensions {', '.join(IMAGE_EXTENSIONS)} found")
-    return ImageFileDataset(paths, targets, [p.name for p in class_dirs], name=name or str(root))
+    return ImageFileDataset(paths, targets, list(classes), name=name or str(root))
 
 
 def unlabelled_folder_dataset(root: Path) -> ImageFileDataset:
@@ -277,36 +336,6 @@ def unlabelled_folder_dataset(root: Path) -> ImageFileDataset:
     if not paths:
         raise DataError(f"{root}: no images with extensions {', '.join(IMAGE_EXTENSIONS)} found")
     return ImageFileDataset(paths, None, [], name=str(root))
-
-
-def list_file_dataset(list_file: Path, root: Path | None = None) -> ImageFileDataset:
-    """Lines of ``relative/path [label]``; paths are relative to ``root`` (default: the file's folder).
-
-    Either every line has a label or none does.
-    """
-    root = root or list_file.parent
-    paths, targets = [], []
-    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) > 2:
-            raise DataError(f"{list_file}:{number}: expected 'path [label]', got {line!r}")
-        paths.append(root / fields[0])
-        if len(fields) == 2:
-            try:
-                targets.append(int(fields[1]))
-            except ValueError:
-                raise DataError(f"{list_file}:{number}: label {fields[1]!r} is not an integer")
-            if targets[-1] < 0:
-                raise DataError(f"{list_file}:{number}: label {targets[-1]} is negative")
-        if len(targets) not in (0, len(paths)):
-            raise DataError(f"{list_file}:{number}: some lines have a label and some do not")
-    if not paths:
-        raise DataError(f"{list_file}: the list is empty")
-    labelled = bool(targets)
-    classes = [str(i) for i in range(max(targets) + 1)] if labelled else []
-    return ImageFileDataset(paths, targets if labelled else None, classes, name=str(list_file))
 
 
 def num_classes(dataset: Dataset) -> int:

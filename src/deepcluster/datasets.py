@@ -7,8 +7,9 @@
 - ``digits``: scikit-learn's bundled 8 x 8 digits (a fixed 80/20 train/test split);
 - ``idx:DIR``: any folder of MNIST-style IDX files;
 - ``imagenet:ROOT``, ``places205:ROOT``, ``inat2018:ROOT``: the official layouts (``readers.py``);
-- a folder with one sub-folder per class (ImageNet style), or with ``train/`` and ``val/`` trees;
-- a list file, one ``relative/path [label]`` per line (ImageNet / Places205 lists);
+- a folder with one sub-folder per class (ImageNet style), or with ``train/`` and ``val/`` (or
+  ``test/``) trees, whose labels both follow the classes of ``train/`` (``data.class_folders``);
+- a list file, one ``relative/path [label]`` per line (``list_files.py``);
 - a folder of images with no class sub-folders (unlabelled).
 
 It lives apart from ``data.py`` (the dataset classes and low-level readers) and ``readers.py``
@@ -27,22 +28,29 @@ from .data import (
     MNIST_DIRS,
     DataError,
     ImageDataset,
+    class_folders,
     fashion_mnist_folder,
     image_folder_dataset,
     is_image_file,
-    list_file_dataset,
     load_digits_dataset,
     load_idx_folder,
     mnist_folder,
     unlabelled_folder_dataset,
 )
+from .list_files import list_file_dataset
 from .readers import READERS
 
 SPLITS = ("train", "test")
 
 
-def load_dataset(value: str, split: str = "train", skip_unreadable: bool = False) -> ImageDataset:
-    """Resolve a ``--data`` value into a dataset (see the module docstring for the forms)."""
+def load_dataset(value: str, split: str = "train", skip_unreadable: bool = False,
+                 allow_outside_root: bool = False) -> ImageDataset:
+    """Resolve a ``--data`` value into a dataset (see the module docstring for the forms).
+
+    ``skip_unreadable`` drops (and counts) images that cannot be decoded; a listed image that does
+    not exist is an error all the same. ``allow_outside_root`` accepts annotation paths that are
+    absolute or climb out of the data folder with ``..`` (refused by default).
+    """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     if value == "fashion-mnist":
@@ -65,9 +73,9 @@ def load_dataset(value: str, split: str = "train", skip_unreadable: bool = False
     if value.startswith("idx:"):
         return load_idx_folder(Path(value[4:]), split, value)
     if value.split(":", 1)[0] + ":" in READERS:
-        dataset = _official_layout_dataset(value, split)
+        dataset = _official_layout_dataset(value, split, allow_outside_root)
     else:
-        dataset = _path_dataset(value, split)
+        dataset = _path_dataset(value, split, allow_outside_root)
     if skip_unreadable:
         skipped = dataset.drop_unreadable()
         if skipped:
@@ -76,13 +84,13 @@ def load_dataset(value: str, split: str = "train", skip_unreadable: bool = False
     return dataset
 
 
-def _official_layout_dataset(value: str, split: str) -> ImageDataset:
+def _official_layout_dataset(value: str, split: str, allow_outside_root: bool) -> ImageDataset:
     """``imagenet:ROOT``, ``places205:ROOT`` or ``inat2018:ROOT`` through ``readers.READERS``."""
     prefix = value.split(":", 1)[0] + ":"
     root = Path(value[len(prefix):])
     if not root.is_dir():
         raise DataError(f"--data {value!r}: folder {root} not found")
-    return READERS[prefix](root, split)
+    return READERS[prefix](root, split, allow_outside_root=allow_outside_root)
 
 
 def _split_folder(root: Path, split: str) -> Path | None:
@@ -99,22 +107,34 @@ def _is_class_tree(root: Path) -> bool:
     return any(p.is_dir() for p in entries) and not any(is_image_file(p) for p in entries)
 
 
-def _path_dataset(value: str, split: str) -> ImageDataset:
+def _split_tree_dataset(root: Path, split: str) -> ImageDataset:
+    """``root/train/<class>/...`` and ``root/val/<class>/...``: one class list for both splits,
+    the training tree's, so that a class missing from ``val/`` shifts no label."""
+    train = root / "train"
+    if not train.is_dir():
+        evaluation = _split_folder(root, "test")
+        raise DataError(f"{root}: a '{evaluation.name}/' tree but no 'train/' one; the training "
+                        "classes number the labels of both splits")
+    if split == "train":
+        return image_folder_dataset(train)
+    evaluation = _split_folder(root, split)
+    if evaluation is None:
+        raise DataError(f"{root}: no 'val/' or 'test/' folder for the evaluation split")
+    return image_folder_dataset(evaluation, classes=[p.name for p in class_folders(train)])
+
+
+def _path_dataset(value: str, split: str, allow_outside_root: bool = False) -> ImageDataset:
     path = Path(value)
     if not path.exists():
         raise DataError(f"--data {value!r}: not a bundled dataset (fashion-mnist, mnist, digits) "
                         "and no such file or folder")
     if path.is_file():
-        dataset = list_file_dataset(path)
-    else:
-        split_root = _split_folder(path, split)
-        if split_root is not None:
-            dataset = image_folder_dataset(split_root)
-        elif split != "train":
-            raise DataError(f"{path}: no '{'val' if split == 'test' else split}/' or 'test/' "
-                            "folder for the evaluation split")
-        elif _is_class_tree(path):
-            dataset = image_folder_dataset(path)
-        else:
-            dataset = unlabelled_folder_dataset(path)
-    return dataset
+        return list_file_dataset(path, allow_outside_root=allow_outside_root)
+    if _split_folder(path, "train") or _split_folder(path, "test"):
+        return _split_tree_dataset(path, split)
+    if split != "train":
+        raise DataError(f"{path}: no '{'val' if split == 'test' else split}/' or 'test/' "
+                        "folder for the evaluation split")
+    if _is_class_tree(path):
+        return image_folder_dataset(path)
+    return unlabelled_folder_dataset(path)

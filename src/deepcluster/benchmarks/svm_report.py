@@ -59,14 +59,23 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> lis
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+def _class_source(results: dict[str, Any]) -> str:
+    return {"VOC2007": "VOC2007's 20", "ImageSets/Main": "from the devkit's ImageSets/Main files",
+            "Annotations": "from the devkit's annotations", "given": "as asked for"
+            }.get(results.get("class_source"), "source unknown")
+
+
 def markdown_report(results: dict[str, Any]) -> str:
     table = results.get("table") or published_rows(results)
     lines = ["# VOC07 SVM and low-shot SVM", "",
              f"Checkpoint `{results['checkpoint']}` ({results['arch']}"
              f"{', Sobel' if results['sobel'] else ''}); data `{results['voc']}` "
              f"({results['trainval_images']} trainval / {results['test_images']} test images); "
-             f"features at {results['resize']}, L2-normalised. mAP in %.", "",
-             "## Published layout", ""]
+             f"features at {results['resize']}, L2-normalised. mAP in %.", ""]
+    if results.get("classes"):
+        lines += [f"Classes ({len(results['classes'])}, {_class_source(results)}): "
+                  f"{', '.join(results['classes'])}.", ""]
+    lines += ["## Published layout", ""]
     ks = [str(k) for k in table["ks"]]
     lines += _markdown_table(
         table["columns"],

@@ -3,6 +3,10 @@
 ``run_svm`` (the full VOC07 SVM) and ``run_lowshot`` share one setup (``_Setup``): the checkpoint,
 the VOC splits, the feature cache and the results file, which both commands update in place so
 that the low-shot run can use the best SVM layer and the report shows both.
+
+The classes are the devkit's (``voc.devkit_classes``: VOC's 20 on VOC2007, else the classes of
+the devkit's class files or annotations), or the ones asked for; the results name them
+(``classes``, ``class_source``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 
 from ..checkpoint import atomic_write, backbone_from_checkpoint, load_checkpoint, save_json
 from ..config import PretrainConfig
-from ..voc import VOC_CLASSES, find_voc_root, read_voc
+from ..voc import devkit_classes, find_voc_root, read_voc
 from .svm import DEFAULT_COSTS, LAYERS, LOWSHOT_KS, LOWSHOT_SAMPLES, cost_list
 from .svm_evaluation import job_count, lowshot_evaluate, svm_evaluate, worker_pool
 from .svm_features import FeatureCache, default_image_size, file_digest, images_digest, split_features
@@ -55,13 +59,18 @@ class _Setup:
     """What both commands share: the checkpoint, the VOC splits, the output folder and results."""
 
     def __init__(self, checkpoint, voc, out, image_size, cache, batch_size, workers, jobs,
-                 progress):
+                 progress, classes=None):
         self.checkpoint = Path(checkpoint)
         self.config = PretrainConfig.from_dict(load_checkpoint(self.checkpoint)["config"])
         self.sha = file_digest(self.checkpoint)
         self.voc_root = find_voc_root(voc)
-        self.trainval = read_voc(self.voc_root, "trainval")
-        self.test = read_voc(self.voc_root, "test")
+        if classes is None:
+            classes, self.class_source = devkit_classes(self.voc_root)
+        else:
+            self.class_source = "given"
+        self.classes = tuple(classes)
+        self.trainval = read_voc(self.voc_root, "trainval", self.classes)
+        self.test = read_voc(self.voc_root, "test", self.classes)
         self.images_sha = images_digest(self.trainval.paths + self.test.paths)
         self.image_size = image_size or default_image_size(self.config.image_size)
         self.out = Path(out)
@@ -79,7 +88,8 @@ class _Setup:
                 "voc": str(self.voc_root), "image_size": self.image_size,
                 "resize": f"{self.image_size} x {self.image_size}, no crop",
                 "trainval_images": len(self.trainval), "test_images": len(self.test),
-                "images_sha256": self.images_sha}
+                "images_sha256": self.images_sha, "classes": list(self.classes),
+                "class_source": self.class_source}
 
     def _load_results(self) -> dict[str, Any]:
         path = self.out / "results.json"
@@ -90,7 +100,8 @@ class _Setup:
             except (OSError, json.JSONDecodeError):
                 previous = None
             same = previous and all(previous.get(key) == header[key] for key in
-                                    ("checkpoint_sha256", "voc", "image_size", "images_sha256"))
+                                    ("checkpoint_sha256", "voc", "image_size", "images_sha256",
+                                     "classes"))
             if same:
                 return previous
             warnings.warn(f"{path} holds results of another checkpoint or dataset; replacing them",
@@ -131,12 +142,14 @@ def run_svm(checkpoint: str | Path, voc: str | Path, out: str | Path,
             layers: Sequence[str] | str | None = None, costs: str = DEFAULT_COSTS,
             random_init: bool = False, baselines: bool = False, image_size: int | None = None,
             jobs: int = -1, batch_size: int | None = None, workers: int = 0,
-            cache: str | Path | None = None, seed: int = 0, progress: bool = True
-            ) -> dict[str, Any]:
-    """The full VOC07 SVM benchmark for each requested layer; writes OUT/results.{json,md}."""
+            cache: str | Path | None = None, seed: int = 0, progress: bool = True,
+            classes: Sequence[str] | None = None) -> dict[str, Any]:
+    """The full VOC07 SVM benchmark for each requested layer; writes OUT/results.{json,md}.
+    ``classes`` None: the devkit's own (``voc.devkit_classes``)."""
     layers = parse_layers(layers) or list(LAYERS)
     cost_values = cost_list(costs)
-    setup = _Setup(checkpoint, voc, out, image_size, cache, batch_size, workers, jobs, progress)
+    setup = _Setup(checkpoint, voc, out, image_size, cache, batch_size, workers, jobs, progress,
+                   classes)
     with worker_pool(jobs) as parallel:
         for name, untrained in _run_names(random_init, baselines):
             run_start = time.perf_counter()
@@ -145,7 +158,7 @@ def run_svm(checkpoint: str | Path, voc: str | Path, out: str | Path,
             for layer in layers:
                 start = time.perf_counter()
                 result = svm_evaluate(train[layer], setup.trainval.labels, test[layer],
-                                      setup.test.labels, cost_values, VOC_CLASSES, jobs, seed,
+                                      setup.test.labels, cost_values, setup.classes, jobs, seed,
                                       parallel=parallel)
                 result.update(dim=int(train[layer].shape[1]), seconds=time.perf_counter() - start)
                 per_layer[layer] = result
@@ -165,15 +178,18 @@ def run_lowshot(checkpoint: str | Path, voc: str | Path, out: str | Path,
                 ks: Sequence[int] | str = LOWSHOT_KS, samples: int = LOWSHOT_SAMPLES, seed: int = 0,
                 random_init: bool = False, baselines: bool = False, image_size: int | None = None,
                 jobs: int = -1, batch_size: int | None = None, workers: int = 0,
-                cache: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+                cache: str | Path | None = None, progress: bool = True,
+                classes: Sequence[str] | None = None) -> dict[str, Any]:
     """Low-shot SVMs; ``layers`` None: the best SVM layer of each run when OUT already holds its
-    SVM results, else every layer. Writes OUT/results.{json,md}."""
+    SVM results, else every layer. ``classes`` None: the devkit's own. Writes
+    OUT/results.{json,md}."""
     requested = parse_layers(layers)
     ks = parse_ks(ks)
     if samples < 1:
         raise ValueError("--samples must be at least 1")
     cost_values = cost_list(costs)
-    setup = _Setup(checkpoint, voc, out, image_size, cache, batch_size, workers, jobs, progress)
+    setup = _Setup(checkpoint, voc, out, image_size, cache, batch_size, workers, jobs, progress,
+                   classes)
     with worker_pool(jobs) as parallel:
         for name, untrained in _run_names(random_init, baselines):
             run_start = time.perf_counter()
@@ -186,7 +202,7 @@ def run_lowshot(checkpoint: str | Path, voc: str | Path, out: str | Path,
                 start = time.perf_counter()
                 result = lowshot_evaluate(train[layer], setup.trainval.labels, test[layer],
                                           setup.test.labels, cost_values, ks, samples, seed,
-                                          VOC_CLASSES, jobs, parallel=parallel)
+                                          setup.classes, jobs, parallel=parallel)
                 result["seconds"] = time.perf_counter() - start
                 per_layer[layer] = result
                 if result["capped"]:
