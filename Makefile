@@ -11,6 +11,7 @@ demo: setup
 	$(BIN)/deepcluster demo --out runs/demo
 
 test: setup
+	@bash scripts/setup_browser.sh
 	$(BIN)/python -m pytest -q
 
 # The MMSelfSup 1.0.0 comparison setting (10k Fashion-MNIST at 64 px, ResNet-18, k=100, 3 epochs).

@@ -2,57 +2,16 @@
 folder or ``auto``), after a kill -9 too, start one from a config file, and get one clear line for
 what cannot be done."""
 
-import csv
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from deepcluster.cli import main
-
-TINY = ["--data", "digits", "--image-size", "8", "--subset", "320", "--k", "10", "--pca-dim",
-        "16", "--batch-size", "32", "--extract-batch-size", "160", "--threads", "1",
-        "--precision", "32-true", "--seed", "5"]
-TIMING = ("extract_s", "cluster_s", "train_s")
-
-
-def cli(*args, ok=True):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
-
-
-def rows(run: Path) -> list[dict]:
-    with open(run / "metrics.csv") as handle:
-        return list(csv.DictReader(handle))
-
-
-def without_timing(table: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in table]
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    """Checkpoint weights, every epoch's assignments and every metrics row (but seconds) equal."""
-    ka = torch.load(a / "checkpoints" / "last.ckpt", weights_only=True)
-    kb = torch.load(b / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ka["epoch"] == kb["epoch"]
-    for name, value in ka["backbone"].items():
-        assert torch.equal(value, kb["backbone"][name]), name
-    assert torch.equal(ka["assignments"], kb["assignments"])
-    files = sorted(p.name for p in (a / "assignments").glob("*.npy"))
-    assert files == sorted(p.name for p in (b / "assignments").glob("*.npy"))
-    for name in files:
-        np.testing.assert_array_equal(np.load(a / "assignments" / name),
-                                      np.load(b / "assignments" / name))
-    assert without_timing(rows(a)) == without_timing(rows(b))
+from run_helpers import TINY, assert_same_run, cli, rows
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +92,13 @@ def test_an_option_of_another_method_is_an_error(tmp_path):
     assert result.exit_code != 0
     assert "prototype_sets=2 is a deepcluster-v2 option; method 'deepcluster' does not use it" \
         in result.output
+
+
+def test_method_v2_without_a_preset_starts_from_the_v2_preset(tmp_path):
+    from deepcluster.cli.pretrain import run_config
+    from deepcluster.presets import get_preset
+
+    config, _ = run_config(None, None, None, {"method": "deepcluster-v2", "out": str(tmp_path)})
+    assert config == get_preset("fashion-mnist-v2").override(out=str(tmp_path))
+    config, _ = run_config(None, None, None, {"out": str(tmp_path)})
+    assert config == get_preset("fashion-mnist").override(out=str(tmp_path))

@@ -1,34 +1,24 @@
-"""Checkpoints and result files, written atomically (temp file, then rename) and loaded safely."""
+"""Checkpoints and result files, written atomically (temp file, then rename) and loaded safely:
+``load_checkpoint`` reads this tool's checkpoints and every layout of ``interop`` with
+``weights_only=True``, and ``backbone_from_checkpoint`` gives the network every command uses."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
+from .atomic import atomic_write, write_through
 from .config import PretrainConfig
-from .models import build_backbone
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(temp_path)`` then rename onto ``path``, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
-    return path
+from .interop.importer import read_checkpoint
+from .interop.network import backbone_from_state
+from .models import Backbone, build_backbone
 
 
 def save_epoch_checkpoint(state: dict[str, Any], path: str | os.PathLike, keep_every: int) -> Path:
@@ -41,22 +31,36 @@ def save_epoch_checkpoint(state: dict[str, Any], path: str | os.PathLike, keep_e
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    return atomic_write(path, lambda temp: torch.save(state, temp))
+    return atomic_write(path, lambda temp: write_through(temp, lambda file: torch.save(state, file)))
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+_FORCED_FORMATS: ContextVar[dict[Path, str]] = ContextVar("forced_formats", default={})
+
+
+@contextmanager
+def reading_as(path: str | os.PathLike, format: str | None) -> Iterator[None]:
+    """Within the block, every load of ``path`` reads it as the layout ``format`` (None or
+    ``auto``: detected from the keys): what a command's ``--format`` does for its
+    ``--checkpoint``, down to the benchmark code that loads it."""
+    if format in (None, "auto"):
+        yield
+        return
+    token = _FORCED_FORMATS.set({**_FORCED_FORMATS.get(), Path(path).resolve(): format})
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for a corrupt or foreign file
-        raise ValueError(f"checkpoint {path} cannot be loaded: {error}") from error
-    for key in ("config", "backbone"):
-        if key not in state:
-            raise ValueError(f"checkpoint {path} has no '{key}' entry; is it a deepcluster checkpoint?")
-    return state
+        yield
+    finally:
+        _FORCED_FORMATS.reset(token)
+
+
+def load_checkpoint(path: str | os.PathLike, format: str | None = None) -> dict[str, Any]:
+    """A checkpoint in this tool's layout (``config``, ``backbone``, ...): this tool's own, or any
+    layout ``interop`` reads (MMSelfSup, the original DeepCluster, ResNet state dicts, exports),
+    detected from the keys or forced by ``format`` (or ``reading_as``). Always loaded with
+    ``weights_only=True``; every error is one line naming the file."""
+    path = Path(path)
+    if format in (None, "auto") and path.is_file():
+        format = _FORCED_FORMATS.get().get(path.resolve())
+    return read_checkpoint(path, format)
 
 
 def save_json(data: Any, path: str | os.PathLike) -> Path:
@@ -68,29 +72,25 @@ def save_json(data: Any, path: str | os.PathLike) -> Path:
 
 
 def save_npy(array: np.ndarray, path: str | os.PathLike) -> Path:
-    def write(temp: str) -> None:
-        with open(temp, "wb") as handle:
-            np.save(handle, array)
-    return atomic_write(path, write)
+    return atomic_write(path, lambda temp: write_through(temp, lambda file: np.save(file, array)))
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
-    def write(temp: str) -> None:
-        with open(temp, "wb") as handle:
-            np.savez(handle, **arrays)
-    return atomic_write(path, write)
+    return atomic_write(path, lambda temp: write_through(temp, lambda file: np.savez(file, **arrays)))
 
 
-def backbone_from_checkpoint(path: str | os.PathLike, random_init: bool = False):
-    """The backbone a pretraining checkpoint describes, and its config.
+def backbone_from_checkpoint(path: str | os.PathLike, random_init: bool = False,
+                             format: str | None = None) -> tuple[Backbone, PretrainConfig]:
+    """The backbone (eval mode) a checkpoint of any known layout describes, and its config.
 
     With ``random_init`` the same architecture is built but keeps its seeded initial weights, the
-    baseline every benchmark reports beside the trained network.
+    baseline every benchmark reports beside the trained network. Weights holding NaN or inf are
+    refused with the file and the first such tensor named.
     """
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, format)
     config = PretrainConfig.from_dict(state["config"], source=str(path))
     torch.manual_seed(config.seed)
-    backbone = build_backbone(config.arch, config.sobel)
-    if not random_init:
-        backbone.load_state_dict(state["backbone"])
+    if random_init:
+        return build_backbone(config.arch, config.sobel).eval(), config
+    backbone = backbone_from_state(config.arch, config.sobel, state["backbone"], str(path))
     return backbone.eval(), config

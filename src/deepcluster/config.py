@@ -50,6 +50,7 @@ class PretrainConfig:
     data: str = option("fashion-mnist", "dataset: fashion-mnist, mnist, digits, idx:DIR, imagenet:ROOT, a class-folder tree, a list file or an image folder")
     subset: int = option(0, "use only the first N training images (0: all)", minimum=0)
     skip_unreadable: bool = option(False, "drop and count unreadable images instead of failing")
+    allow_outside_root: bool = option(False, "accept list-file paths that are absolute or climb out of the list's folder with ..")
     arch: str = option("small-cnn", "backbone", choices=ARCHITECTURES)
     sobel: bool = option(True, "fixed Sobel input layer (grey + Sobel pair)")
     image_size: int = option(28, "training and extraction crop size in pixels", minimum=1)
@@ -70,6 +71,7 @@ class PretrainConfig:
     compile: bool = option(False, "torch.compile the backbone: faster steps on GPUs after a compile of a minute or two (on the CPU it needs a C++ compiler)", resume=True)
     seed: int = option(0, "seed of initialisation, clustering, sampling and augmentation")
     keep_every: int = option(0, "also keep the checkpoint of every N-th epoch as checkpoints/epoch_NNN.ckpt (0: only last.ckpt)", resume=True, minimum=0)
+    knn_every: int = option(-1, "online weighted k-NN top-1 of the test split (benchmark knn's) every N epochs and at the last, in metrics.csv, TensorBoard and the console (0: off; -1: every epoch on the bundled labelled data fashion-mnist, mnist, digits, else off)", resume=True, minimum=-1)
     out: str = option("runs/pretrain", "run folder (config.yaml, checkpoints, metrics.csv, TensorBoard, assignments)", resume=True)
     # --- DeepCluster v1 and the supervised baseline -----------------------------------------
     augmentation: str = option("small", "training augmentation", methods=(V1, SUPERVISED), choices=AUGMENTATIONS)

@@ -171,3 +171,15 @@ def gather_rows(local: np.ndarray, dst: int | None = None,
                     begin = offsets[r] + start
                     out[begin:begin + count] = received[:count].cpu().numpy()
     return out
+
+
+def count_nonfinite(values: np.ndarray | torch.Tensor) -> int:
+    """The number of NaN or infinite entries of every process's ``values``, summed (a run whose
+    features break on one process stops on all, instead of leaving the others waiting)."""
+    if isinstance(values, torch.Tensor):
+        local = int((~torch.isfinite(values)).sum())
+    else:
+        local = int(values.size - np.isfinite(values).sum())
+    if is_distributed():
+        local = int(all_reduce_sum(torch.tensor([local], dtype=torch.int64)).item())
+    return local

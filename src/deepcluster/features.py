@@ -73,8 +73,10 @@ def _outputs(fn: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, dev
 
 @torch.inference_mode()
 def extract(fn: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, device: torch.device,
-            desc: str = "extract", progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Apply ``fn`` to every batch, in dataset order; return (features float32 N x D, labels N)."""
+            desc: str = "extract", progress: bool = True,
+            feature_sink: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Apply ``fn`` to every batch, in dataset order; return (features float32 N x D, labels N).
+    ``feature_sink(features, labels)`` also gets every batch (e.g. the online k-NN)."""
     num = len(loader.dataset)
     features: np.ndarray | None = None
     labels = np.empty(num, dtype=np.int64)
@@ -85,6 +87,8 @@ def extract(fn: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, devi
         features[start:start + len(out)] = out.cpu().numpy()
         labels[start:start + len(out)] = targets.numpy()
         start += len(out)
+        if feature_sink is not None:
+            feature_sink(out, targets)
     if features is None:
         raise ValueError("cannot extract features of an empty dataset")
     return features, labels
@@ -114,13 +118,15 @@ def _global_pass(backbone: Backbone, dataset: Dataset, batch_size: int, workers:
 def extract_global(backbone: Backbone, dataset: Dataset, batch_size: int = 256, workers: int = 0,
                    device: torch.device | str = "cpu", progress: bool = True,
                    batch_transform: nn.Module | None = None, shard: bool = False,
-                   collate: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   collate: Callable | None = None,
+                   feature_sink: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The backbone's global feature (what DeepCluster clusters) for every image, in eval mode.
 
     ``batch_transform`` runs on each batch before the backbone (the batched extraction pipeline).
     With ``shard`` under torch.distributed, only this process's contiguous shard of ``dataset``
     is extracted and returned (``shard_range``; ``gather_rows`` joins the shards). ``collate``:
-    how the loader makes batches (e.g. ``device_decode.collate_encoded``).
+    how the loader makes batches (e.g. ``device_decode.collate_encoded``). ``feature_sink``:
+    see ``extract``.
     """
     device = torch.device(device)
     if shard:
@@ -128,7 +134,7 @@ def extract_global(backbone: Backbone, dataset: Dataset, batch_size: int = 256, 
     fn, loader = _global_pass(backbone, dataset, batch_size, workers, device, batch_transform,
                               collate)
     with _eval_mode(backbone):
-        return extract(fn, loader, device, progress=progress)
+        return extract(fn, loader, device, progress=progress, feature_sink=feature_sink)
 
 
 DEFAULT_FEATURE_MEMORY = 2 << 30
@@ -225,7 +231,8 @@ def extract_whitened(backbone: Backbone, dataset: Dataset, pca_dim: int, batch_s
                      spill_dir: str | os.PathLike | None = None, shard: bool = False,
                      collate: Callable | None = None, *,
                      memory_budget: int | None = DEFAULT_FEATURE_MEMORY,
-                     spill_dtype: str = "float16") -> np.ndarray:
+                     spill_dtype: str = "float16",
+                     feature_sink: Callable | None = None) -> np.ndarray:
     """The backbone's global feature of every image, PCA-whitened to ``pca_dim`` (N x pca_dim,
     float32), with one extraction pass.
 
@@ -242,6 +249,9 @@ def extract_whitened(backbone: Backbone, dataset: Dataset, pca_dim: int, batch_s
     extracts only its contiguous shard of ``dataset``), and the budget applies to its rows; the
     PCA statistics are all-reduced, so every process projects its rows with the same PCA, fitted
     on all N images, and returns them.
+
+    ``feature_sink(features, labels)`` gets every batch's full-width float32 features (on the
+    device) and labels as they are extracted (the online k-NN reuses the pass this way).
     """
     device = torch.device(device)
     if shard:
@@ -253,10 +263,12 @@ def extract_whitened(backbone: Backbone, dataset: Dataset, pca_dim: int, batch_s
     full_precision = torch.autocast(device.type, enabled=False)
     store = _FeatureStore(len(loader.dataset), memory_budget, spill_dtype, spill_dir)
     with _eval_mode(backbone), store:
-        for out, _ in _outputs(fn, loader, device, "extract", progress):
+        for out, targets in _outputs(fn, loader, device, "extract", progress):
             with full_precision:
                 pca.update(out)
             store.append(out)
+            if feature_sink is not None:
+                feature_sink(out, targets)
         if pca.count == 0:
             raise ValueError("cannot extract features of an empty dataset")
         pca.all_reduce()  # from here on, count and sums are those of all the processes

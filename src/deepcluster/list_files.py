@@ -29,7 +29,8 @@ LABEL_COLUMNS = ("label", "class", "class_id", "target", "category", "category_i
 # A label numbers a class, and the class list is built up to the largest one.
 MAX_CLASSES = 1_000_000
 # The end of the refusal (name the command-line flag here once the commands have one).
-OUTSIDE_ROOT_HINT = "list it relative to the root, or pass allow_outside_root=True"
+OUTSIDE_ROOT_HINT = ("list it relative to the root, or pass --allow-outside-root "
+                     "(allow_outside_root=True)")
 
 
 def read_text(path: Path, what: str = "list file") -> str:

@@ -41,6 +41,11 @@ DEFAULT_PRESET = "fashion-mnist"
 DEFAULT_V2_PRESET = "fashion-mnist-v2"
 
 
+def default_preset(method: str | None) -> str:
+    """The preset a run of ``method`` starts from when none is named."""
+    return DEFAULT_V2_PRESET if method == "deepcluster-v2" else DEFAULT_PRESET
+
+
 def get_preset(name: str) -> PretrainConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")

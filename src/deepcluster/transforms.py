@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from .data import Uint8Tensor
+from .data import ArrayImageDataset, ImageDataset, Uint8Tensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -172,6 +172,17 @@ def extraction_pipeline(image_size: int, in_memory: bool) -> Pipeline:
         raise ValueError("the batched pipeline is for small images; use the per-image one")
     return Pipeline(_uint8_tensor(), nn.Sequential(_ToFloatRGB(image_size),
                                                    _batch_normalise(image_size)))
+
+
+def extraction_set(images: ImageDataset, image_size: int,
+                   channels_last: bool = True) -> tuple[ImageDataset, nn.Module]:
+    """``images`` with the extraction transform (a batch at a time for small in-memory images)
+    and the batched part of it, channels-last where asked: what the online k-NN and the cluster
+    explorer extract with."""
+    in_memory = isinstance(images, ArrayImageDataset) and is_small(image_size)
+    pipeline = extraction_pipeline(image_size, in_memory)
+    batch = nn.Sequential(pipeline.batch, ChannelsLast()) if channels_last else pipeline.batch
+    return images.with_transform(pipeline.sample), batch
 
 
 def device_decode_pipeline(name: str | None, image_size: int) -> Pipeline:

@@ -40,10 +40,17 @@ def weighted_knn_predict(train_features: np.ndarray, train_labels: np.ndarray,
     predictions = []
     for start in range(0, len(test), chunk):
         similarity, neighbours = (test[start:start + chunk] @ train.T).topk(k, dim=1)
-        votes = torch.zeros(len(similarity), num_classes)
-        votes.scatter_add_(1, labels[neighbours], (similarity / temperature).exp())
-        predictions.append(votes.argmax(dim=1))
+        predictions.append(weighted_vote(similarity, labels[neighbours], num_classes, temperature))
     return torch.cat(predictions).numpy()
+
+
+def weighted_vote(similarity: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int,
+                  temperature: float = DEFAULT_TEMPERATURE) -> torch.Tensor:
+    """The class each row's neighbours vote for, each vote weighted by exp(similarity / T):
+    ``similarity`` and ``neighbour_labels`` are (rows, k), most similar first."""
+    votes = torch.zeros(len(similarity), num_classes, device=similarity.device)
+    votes.scatter_add_(1, neighbour_labels, (similarity / temperature).exp())
+    return votes.argmax(dim=1)
 
 
 def knn_top1(train_features, train_labels, test_features, test_labels, **kwargs) -> float:

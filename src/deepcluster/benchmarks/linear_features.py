@@ -8,6 +8,8 @@ Two modes, chosen by the augmentation:
 - **streamed**: with a random augmentation every batch costs one backbone forward pass (shared by
   all heads); this is the ImageNet / Places205 / iNaturalist setting.
 
+Either way every epoch draws its order (and its augmentation) from a seed of its own
+(``epoch_seed``), so that an epoch of a resumed probe sees the batches of an uninterrupted one.
 The probes' training augmentations (``probe_train_transform``) live here too, since only the
 streamed mode uses them.
 """
@@ -18,6 +20,7 @@ import time
 from functools import partial
 from typing import Callable
 
+import numpy as np
 import torch
 from lightning.fabric import Fabric
 from torch import nn
@@ -34,6 +37,13 @@ from .linear import Batches
 from .linear_config import PROBE_AUGMENTATIONS, LinearConfig
 
 BatchSource = Callable[[], Batches]
+EpochSource = Callable[[int], Batches]  # the training batches of a 0-based epoch
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of 0-based ``epoch``'s data order and augmentation: a function of the run's seed
+    and the epoch only, whether or not the run was resumed before it."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,12 +177,13 @@ def streamed_batches(fabric: Fabric, backbone: Backbone, loader: DataLoader,
 
 def feature_sources(fabric: Fabric, backbone: Backbone, config: LinearConfig, train: Dataset,
                     test: Dataset, image_size: int, layout: nn.Module
-                    ) -> tuple[BatchSource, BatchSource, float]:
+                    ) -> tuple[EpochSource, BatchSource, float]:
     """Where the heads' batches come from: the cache (extracted here; its seconds are returned)
-    or the frozen backbone on every augmented batch (0 seconds up front). ``layout`` puts each
+    or the frozen backbone on every augmented batch (0 seconds up front). The training source
+    takes the 0-based epoch, whose seed (``epoch_seed``) orders its batches; ``layout`` puts each
     batch in the backbone's memory layout."""
     layers = config.layers
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator()
     if config.cached:
         start = time.perf_counter()
         caches = []
@@ -182,11 +193,12 @@ def feature_sources(fabric: Fabric, backbone: Backbone, config: LinearConfig, tr
                                          config.eval_batch_size, config.workers, fabric.device,
                                          f"cache {split}", nn.Sequential(batch_transform, layout)))
         (train_cache, train_labels), (test_cache, test_labels) = caches
-        return (partial(cached_batches, train_cache, train_labels, config.batch_size, generator,
-                        fabric.device),
-                partial(cached_batches, test_cache, test_labels, config.eval_batch_size, None,
-                        fabric.device),
-                time.perf_counter() - start)
+        train_batches = partial(cached_batches, train_cache, train_labels, config.batch_size,
+                                generator, fabric.device)
+        test_batches = partial(cached_batches, test_cache, test_labels, config.eval_batch_size,
+                               None, fabric.device)
+        return _seeded(train_batches, generator, config.seed), test_batches, \
+            time.perf_counter() - start
     train_set = train.with_transform(probe_train_transform(config.augmentation, image_size))
     train_loader = fabric.setup_dataloaders(
         make_loader(train_set, config.batch_size, config.workers, shuffle=True,
@@ -194,6 +206,18 @@ def feature_sources(fabric: Fabric, backbone: Backbone, config: LinearConfig, tr
     test_loader = fabric.setup_dataloaders(
         make_loader(test.with_transform(extraction_transform(image_size)),
                     config.eval_batch_size, config.workers), use_distributed_sampler=False)
-    return (partial(streamed_batches, fabric, backbone, train_loader, layers, "probe train", layout),
+    train_batches = partial(streamed_batches, fabric, backbone, train_loader, layers,
+                            "probe train", layout)
+    return (_seeded(train_batches, generator, config.seed),
             partial(streamed_batches, fabric, backbone, test_loader, layers, "probe eval", layout),
             0.0)
+
+
+def _seeded(batches: BatchSource, generator: torch.Generator, seed: int) -> EpochSource:
+    """``batches`` with ``generator`` (the shuffling, and the loader workers' base seed) and the
+    global torch stream (augmentation in this process) seeded for the epoch first."""
+    def epoch_batches(epoch: int) -> Batches:
+        generator.manual_seed(epoch_seed(seed, epoch))
+        torch.manual_seed(epoch_seed(seed, epoch))
+        return batches()
+    return epoch_batches

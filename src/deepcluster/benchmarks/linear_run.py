@@ -3,7 +3,9 @@
 Trains the probe (``linear``) on the train split from its feature source (``linear_features``),
 evaluates top-1 and top-5 of every head on the validation (``test``) split, and writes
 ``OUT/results.json``, ``OUT/metrics.csv`` and the probe in ``OUT/probe.ckpt``; ``results_table``
-shows one run in the published layout.
+shows one run in the published layout. One run at a time per folder (``OUT/.lock``); after every
+epoch the probe's state is saved (``linear_state``), and a killed run given again continues from
+it to the results of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from typing import Any
 
 import torch
 from lightning.fabric import Fabric
-from lightning.fabric.loggers import CSVLogger
 from rich.table import Table
 from torch import nn
 from torch.utils.data import Dataset
@@ -23,9 +24,13 @@ from ..checkpoint import backbone_from_checkpoint, load_checkpoint, save_checkpo
 from ..datasets import load_dataset
 from ..console import console
 from ..transforms import ChannelsLast
+from .folder_lock import locked_folder
 from .linear import LinearProbe, build_optimizer, evaluate, freeze, head_dims, train_epoch
 from .linear_config import LinearConfig
-from .linear_features import feature_sources
+from .linear_features import EpochSource, feature_sources
+from .linear_state import (STATE_FILE, load_state, probe_identity, remove_state, restore,
+                           save_state, write_metrics)
+from .svm_features import file_digest
 
 COLUMN_TITLES = {"feature1": "Feature1", "feature2": "Feature2", "feature3": "Feature3",
                  "feature4": "Feature4", "feature5": "Feature5", "avgpool": "AvgPool"}
@@ -58,22 +63,26 @@ def checkpoint_label(path: str | Path, random_init: bool) -> str:
 
 def run_linear(checkpoint: str | Path, config: LinearConfig, out: str | Path,
                random_init: bool = False, label: str | None = None, preset: str | None = None,
-               progress: bool = True) -> dict[str, Any]:
+               progress: bool = True, restart: bool = False) -> dict[str, Any]:
     """Train the probe on the train split, evaluate on the validation (test) split, and write
-    ``out/results.json`` (plus ``out/metrics.csv`` and the probe in ``out/probe.ckpt``)."""
+    ``out/results.json`` (plus ``out/metrics.csv`` and the probe in ``out/probe.ckpt``).
+
+    A probe state left in ``out`` by a killed run of the same config and checkpoint is continued;
+    one of another run is refused (ValueError) unless ``restart``."""
+    with locked_folder(out):
+        return _run_linear(checkpoint, config, Path(out), random_init, label, preset, progress,
+                           restart)
+
+
+def _run_linear(checkpoint, config: LinearConfig, out: Path, random_init: bool, label, preset,
+                progress: bool, restart: bool) -> dict[str, Any]:
     total_start = time.perf_counter()
-    out = Path(out)
-    fabric = Fabric(accelerator=config.accelerator, devices=1, precision=config.precision,
-                    loggers=[CSVLogger(out, name="", version="")])
+    identity = probe_identity(config, file_digest(checkpoint), random_init)
+    saved = load_state(out, identity, config.epochs, restart)  # before any expensive work
+    fabric = Fabric(accelerator=config.accelerator, devices=1, precision=config.precision)
     if config.threads:
         torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-
-    backbone, pretrain_config = backbone_from_checkpoint(checkpoint, random_init=random_init)
-    backbone = freeze(backbone).to(fabric.device)
-    layout = nn.Identity()
-    if getattr(pretrain_config, "channels_last", False):  # faster convolutions, as in pretraining
-        backbone, layout = backbone.to(memory_format=torch.channels_last), ChannelsLast()
+    backbone, layout, pretrain_config = _frozen_backbone(checkpoint, random_init, fabric)
     image_size = config.image_size or pretrain_config.image_size
     train = _labelled(config.data, "train", config.subset)
     test = _labelled(config.data, "test", config.test_subset)
@@ -88,25 +97,18 @@ def run_linear(checkpoint: str | Path, config: LinearConfig, out: str | Path,
 
     train_batches, test_batches, extract_seconds = feature_sources(
         fabric, backbone, config, train, test, image_size, layout)
-
-    history = []
-    start = time.perf_counter()
-    for epoch in range(config.epochs):
-        lr = optimizer.param_groups[0]["lr"]
-        losses = train_epoch(fabric, fabric_probe, optimizer, train_batches())
-        scheduler.step()
-        row = {"epoch": epoch + 1, "lr": lr, **{f"loss_{name}": v for name, v in losses.items()}}
-        history.append(row)
-        fabric.log_dict({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
-        if progress:
-            console.print(f"epoch {epoch + 1}/{config.epochs}  lr={lr:g}  " +
-                          "  ".join(f"{n}={v:.3f}" for n, v in losses.items()))
-    train_seconds = time.perf_counter() - start
+    history, train_seconds = [], 0.0
+    if saved is not None:
+        restore(saved, probe, optimizer, scheduler, loss_scaler(fabric))
+        history, train_seconds = list(saved["history"]), saved["train_seconds"]
+        console.print(f"resuming the probe in {out / STATE_FILE}: {saved['epoch']} of "
+                      f"{config.epochs} epochs done")
+    train_seconds = _train(fabric, fabric_probe, optimizer, scheduler, train_batches, history,
+                           train_seconds, config, out, identity, progress)
+    write_metrics(history, out)
     start = time.perf_counter()
     heads = evaluate(fabric_probe, test_batches())
     eval_seconds = time.perf_counter() - start
-    for logger in fabric.loggers:
-        logger.finalize("success")
 
     save_checkpoint({"config": config.to_dict(), "probe": probe.state_dict(),
                      "checkpoint": str(checkpoint), "random_init": random_init}, out / "probe.ckpt")
@@ -133,7 +135,46 @@ def run_linear(checkpoint: str | Path, config: LinearConfig, out: str | Path,
         "history": history,
     }
     save_json(results, out / "results.json")
+    remove_state(out)
     return results
+
+
+def _frozen_backbone(checkpoint, random_init: bool, fabric: Fabric):
+    """The checkpoint's network, frozen on the device, the layout its batches need, its config."""
+    backbone, pretrain_config = backbone_from_checkpoint(checkpoint, random_init=random_init)
+    backbone = freeze(backbone).to(fabric.device)
+    layout = nn.Identity()
+    if getattr(pretrain_config, "channels_last", False):  # faster convolutions, as in pretraining
+        backbone, layout = backbone.to(memory_format=torch.channels_last), ChannelsLast()
+    return backbone, layout, pretrain_config
+
+
+def loss_scaler(fabric: Fabric) -> Any:
+    """The gradient scaler of 16-mixed precision (its scale is part of the training state), or
+    None."""
+    return getattr(fabric.strategy.precision, "scaler", None)
+
+
+def _train(fabric: Fabric, probe: nn.Module, optimizer, scheduler, train_batches: EpochSource,
+           history: list[dict[str, Any]], seconds: float, config: LinearConfig, out: Path,
+           identity: dict[str, Any], progress: bool) -> float:
+    """The epochs after ``len(history)``; each one's row appended to ``history``, then
+    metrics.csv and the state written (in that order: a state never has more rows than the
+    file). ``seconds``: the training time before; returns it with this call's added."""
+    start = time.perf_counter() - seconds
+    for epoch in range(len(history), config.epochs):
+        lr = optimizer.param_groups[0]["lr"]
+        losses = train_epoch(fabric, probe, optimizer, train_batches(epoch))
+        scheduler.step()
+        history.append({"epoch": epoch + 1, "lr": lr,
+                        **{f"loss_{name}": v for name, v in losses.items()}})
+        write_metrics(history, out)
+        save_state(out, identity, epoch + 1, probe, optimizer, scheduler, loss_scaler(fabric),
+                   history, time.perf_counter() - start)
+        if progress:
+            console.print(f"epoch {epoch + 1}/{config.epochs}  lr={lr:g}  " +
+                          "  ".join(f"{n}={v:.3f}" for n, v in losses.items()))
+    return time.perf_counter() - start
 
 
 def results_table(results: dict[str, Any]) -> Table:

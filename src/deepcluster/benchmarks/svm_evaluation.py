@@ -187,3 +187,18 @@ def lowshot_evaluate(train_features: np.ndarray, train_flags: np.ndarray,
             "skipped_classes": [class_names[c] for c in range(num_classes) if c not in set(classes)],
             "capped": capped, "unconverged_fits": unconverged,
             "fits": len(tasks) * len(costs)}
+
+
+def merge_lowshot(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One ``lowshot_evaluate`` result from the results of its ks evaluated apart (one k each,
+    or any split of the ks, in order): what a single call over all of them returns, since every
+    k's samples and SVMs are independent of the others'."""
+    if not parts:
+        raise ValueError("no low-shot results to merge")
+    merged = dict(parts[0])
+    merged["ks"] = [k for part in parts for k in part["ks"]]
+    merged["per_k"] = {k: entry for part in parts for k, entry in part["per_k"].items()}
+    merged["capped"] = [entry for part in parts for entry in part["capped"]]
+    for total in ("unconverged_fits", "fits"):
+        merged[total] = sum(part[total] for part in parts)
+    return merged

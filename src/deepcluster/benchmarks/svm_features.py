@@ -3,7 +3,8 @@
 Each split is resized to a square (no crop), passed once through the frozen backbone for all the
 missing layers, L2-normalised per row and stored as float32, keyed by the checkpoint's digest and
 the digest of the image files, so that a rerun (or the low-shot run after the SVM run) reads them
-back instead of extracting again. Kept apart from ``svm`` because it needs torch, which the SVM
+back instead of extracting again. Entries are written atomically (whole or not at all); one that
+does not read back whole, with the split's ids and rows, counts as absent. Kept apart from ``svm`` because it needs torch, which the SVM
 worker processes must not load.
 """
 
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -76,8 +78,8 @@ class FeatureCache:
         return self._digests[key]
 
     def load(self, voc_split, layer: str, check_only: bool = False) -> np.ndarray | bool | None:
-        """The cached features (None when absent or stale); with ``check_only``, whether they are
-        there (without reading the features)."""
+        """The cached features (None when absent, stale or unreadable); with ``check_only``,
+        whether the entry is there for this split (without reading the features)."""
         path = self.path(voc_split.split, layer)
         if not path.is_file():
             return None
@@ -86,28 +88,39 @@ class FeatureCache:
                 if (list(stored["ids"]) != list(voc_split.ids)
                         or str(stored["images"]) != self._digest(voc_split)):
                     return None
-                return True if check_only else np.ascontiguousarray(stored["features"],
-                                                                    dtype=np.float32)
-        except (OSError, KeyError, ValueError):
-            return None  # unreadable or foreign cache entry: extract again
+                if check_only:
+                    return True
+                features = np.ascontiguousarray(stored["features"], dtype=np.float32)
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+            return None  # unreadable, truncated or foreign cache entry: extract again
+        if features.ndim != 2 or len(features) != len(voc_split.ids):
+            return None
+        return features
 
     def save(self, voc_split, layer: str, features: np.ndarray) -> None:
         save_npz(self.path(voc_split.split, layer), features=features,
                  ids=np.asarray(voc_split.ids), images=np.asarray(self._digest(voc_split)))
 
 
-def split_features(backbone, voc_split, layers: Sequence[str], cache: FeatureCache,
-                   image_size: int, batch_size: int, workers: int, device: str,
-                   progress: bool = True) -> tuple[dict[str, np.ndarray], list[str]]:
+def split_features(get_backbone: Callable[[], torch.nn.Module], voc_split,
+                   layers: Sequence[str], cache: FeatureCache, image_size: int, batch_size: int,
+                   workers: int, device: str, progress: bool = True,
+                   before_extract: Callable[[list[str]], None] | None = None
+                   ) -> tuple[dict[str, np.ndarray], list[str]]:
     """L2-normalised float32 features of one split for each layer: from the cache, and the missing
-    layers from one extraction pass (then cached). Returns them and the layers extracted now."""
+    layers from one extraction pass (then cached). ``get_backbone()`` gives the network, asked
+    for only when something is missing; ``before_extract(missing)`` is told first. Returns the
+    features and the layers extracted now."""
     found = {layer: cache.load(voc_split, layer) for layer in layers}
-    missing = tuple(layer for layer in layers if found[layer] is None)
+    missing = [layer for layer in layers if found[layer] is None]
     if missing:
+        if before_extract is not None:
+            before_extract(missing)
         dataset = voc_split.dataset(voc_transform(image_size))
-        extracted, _ = extract_layers(backbone, dataset, missing, batch_size=batch_size,
-                                      workers=workers, device=device, progress=progress)
+        extracted, _ = extract_layers(get_backbone(), dataset, tuple(missing),
+                                      batch_size=batch_size, workers=workers, device=device,
+                                      progress=progress)
         for layer in missing:
             found[layer] = normalise_rows(extracted.pop(layer))
             cache.save(voc_split, layer, found[layer])
-    return found, list(missing)
+    return found, missing

@@ -9,26 +9,53 @@ import warnings
 import click
 
 from ..data import DataError
+from ..engine.run_lock import RunLocked
+from ..errors import Diverged
+
+
+EXPECTED = (DataError, ValueError, OSError, NotImplementedError, Diverged, RunLocked)
 
 
 class _FriendlyErrors(click.Group):
-    """Bad input ends with one clear line, not a traceback."""
+    """Every error ends in one line and exit code 1 (usage errors: 2, Ctrl-C: 130), without a
+    traceback unless ``--debug``."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (DataError, ValueError, FileNotFoundError, NotImplementedError) as error:
-            raise click.ClickException(str(error)) from error
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted (a run keeps its last checkpoint: --resume continues it)",
+                       err=True)
+            raise click.exceptions.Exit(130) from None
+        except Exception as error:
+            if ctx.params.get("debug"):
+                raise
+            raise click.ClickException(one_line(error)) from error
+
+
+def one_line(error: BaseException) -> str:
+    """``error`` as one line: the tool's own errors as they are, others with their type and a
+    hint for the known ones."""
+    text = " ".join(str(error).split()) or repr(error)
+    if isinstance(error, EXPECTED):
+        return text
+    if "DataLoader worker" in text:
+        return (f"{text} (a data-loader worker was killed, most often for lack of memory: try "
+                "fewer --workers or a smaller batch)")
+    return f"{type(error).__name__}: {text} (--debug shows the traceback)"
 
 
 @click.group(cls=_FriendlyErrors)
-def main() -> None:
+@click.option("--debug", is_flag=True, help="show the full traceback of an error")
+def main(debug: bool) -> None:
     """DeepCluster self-supervised pretraining and the standard feature benchmarks."""
     warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
 
 
 # The commands, one module per family (imported for their registration on ``main``).
-from . import benchmark, data, pretrain  # noqa: E402,F401
+from . import benchmark, data, interop, pretrain, report  # noqa: E402,F401
 
 if __name__ == "__main__":
     sys.exit(main())

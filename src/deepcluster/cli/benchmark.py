@@ -22,6 +22,7 @@ from ..checkpoint import atomic_write
 from ..console import console
 from ..results import gather, load_results, render
 from . import main
+from .interop import checkpoint_format_option
 
 DATA_HELP = "fashion-mnist, mnist, digits, idx:DIR, or a path (class folders, list file, image folder)"
 
@@ -37,6 +38,7 @@ def benchmark() -> None:
 
 @benchmark.command()
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@checkpoint_format_option
 @click.option("--data", default="fashion-mnist", show_default=True, help=DATA_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--random-init", is_flag=True, help="evaluate the same network untrained")
@@ -97,6 +99,7 @@ def parse_milestones(text: str | None) -> tuple[int, ...] | None:
 
 @benchmark.command("linear")
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@checkpoint_format_option
 @click.option("--data", default=None, help="dataset [preset's]: fashion-mnist, mnist, digits, "
               "imagenet:DIR, places205:DIR, inat2018:DIR, or any --data path")
 @click.option("--heads", type=click.Choice(sorted(HEAD_SETS)), default=None,
@@ -107,17 +110,21 @@ def parse_milestones(text: str | None) -> tuple[int, ...] | None:
 @click.option("--random-init", is_flag=True, help="evaluate the same network untrained")
 @click.option("--label", default=None, help="row label in tables [deepcluster / random init / "
               "supervised, from the checkpoint]")
+@click.option("--restart", is_flag=True, help="discard the probe state a killed run left in "
+              "OUT and start again (without it, a state of the same config and checkpoint is "
+              "continued and one of another is refused)")
 @_linear_config_options
-def linear_command(checkpoint, data, heads, preset, out, random_init, label, milestones,
+def linear_command(checkpoint, data, heads, preset, out, random_init, label, restart, milestones,
                    **overrides) -> None:
-    """Linear probes on frozen features: top-1/top-5 per head on the validation split."""
+    """Linear probes on frozen features: top-1/top-5 per head on the validation split. A run
+    killed before continues from its last finished epoch (OUT/probe_state.ckpt)."""
     preset = preset or default_preset(data, heads)
     config = get_preset(preset).override(data=data, heads=heads,
                                          milestones=parse_milestones(milestones), **overrides)
     console.print(f"preset {preset}: {config.heads} heads, {config.epochs} epochs, "
                   f"{'cached' if config.cached else 'streamed'} features")
     results = run_linear(checkpoint, config, out, random_init=random_init, label=label,
-                         preset=preset)
+                         preset=preset, restart=restart)
     console.print(results_table(results))
     console.print(f"results: {Path(out) / 'results.json'}")
 
@@ -174,6 +181,7 @@ def _print_svm_results(results: dict[str, Any], out: str) -> None:
 
 @benchmark.command("svm")
 @_svm_common_options
+@checkpoint_format_option
 @click.option("--layers", default="all", show_default=True,
               help="comma-separated subset of " + ", ".join(LAYERS))
 def svm_command(layers, **options) -> None:
@@ -186,6 +194,7 @@ def svm_command(layers, **options) -> None:
 
 @benchmark.command("lowshot")
 @_svm_common_options
+@checkpoint_format_option
 @click.option("--layers", default="auto", show_default=True,
               help="comma-separated subset of " + ", ".join(LAYERS) +
               "; auto: the best SVM layer when OUT holds SVM results, else all")
@@ -200,3 +209,63 @@ def lowshot_command(layers, ks, samples, seed, **options) -> None:
     results = run_lowshot(layers=layers, ks=ks, samples=samples, seed=seed, **options)
     _print_svm_results(results, options["out"])
     console.print(f"took {time.perf_counter() - start:.0f} s")
+
+
+# ----------------------------------------------------------------------------------------------
+# Every benchmark of the published tables
+
+
+def _voc_images(text: str) -> tuple[int, int]:
+    try:
+        trainval, test = (int(part) for part in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected TRAINVAL,TEST image counts, e.g. 500,400",
+                                 param_hint="--voc-images") from None
+    return trainval, test
+
+
+@benchmark.command("all")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="this tool's checkpoint or any layout 'convert' reads")
+@checkpoint_format_option
+@click.option("--voc", type=click.Path(exists=True, file_okay=False), help="VOC2007 devkit")
+@click.option("--imagenet", type=click.Path(exists=True, file_okay=False), help="ImageNet root")
+@click.option("--places205", type=click.Path(exists=True, file_okay=False), help="Places205 root")
+@click.option("--inat2018", type=click.Path(exists=True, file_okay=False),
+              help="iNaturalist 2018 root")
+@click.option("--data", default=None, help="small versions on this labelled data (e.g. "
+              "fashion-mnist): its linear probe, and the SVMs on generated VOC-format data "
+              "when --voc is not given")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="one folder per benchmark, suite.json (resume) and benchmarks.md")
+@click.option("--costs", default=DEFAULT_COSTS, show_default=True,
+              type=click.Choice(sorted(COST_LISTS)), help="SVM cost list")
+@click.option("--svm-layers", default="all", show_default=True,
+              help="the SVM's layers (the best of them goes to the low-shot SVM): all, or "
+                   "comma-separated of " + ", ".join(LAYERS))
+@click.option("--ks", default=None, help="low-shot k values [1,2,4,8,16,32,64,96]")
+@click.option("--samples", type=int, default=None, help=f"low-shot samples [{LOWSHOT_SAMPLES}]")
+@click.option("--epochs", type=int, default=None, help="every linear probe's epochs [presets']")
+@click.option("--subset", type=int, default=None, help="linear probes: first N training images")
+@click.option("--test-subset", type=int, default=None, help="linear probes: first N validation "
+              "images")
+@click.option("--voc-images", default="500,400", show_default=True,
+              help="trainval,test images of the generated VOC-format data (--data only)")
+@click.option("--jobs", default=-1, show_default=True, help="SVM worker processes")
+@click.option("--workers", type=int, default=None, help="data-loading workers [presets']")
+@click.option("--batch-size", type=int, default=None, help="SVM feature extraction batch size")
+@click.option("--threads", type=int, default=None, help="torch CPU threads of the probes")
+def all_command(checkpoint, voc, imagenet, places205, inat2018, data, out, voc_images,
+                **options) -> None:
+    """Every benchmark of the published tables for the datasets given, one Markdown file
+    (OUT/benchmarks.md) with the published ResNet-50 Sobel row beside; resumable."""
+    from ..benchmarks.suite import REPORT_FILE, SuiteOptions, run_suite
+
+    start = time.perf_counter()
+    datasets = {"voc": voc, "imagenet": imagenet, "places205": places205, "inat2018": inat2018,
+                "data": data}
+    run_suite(checkpoint, out, datasets,
+              SuiteOptions(voc_images=_voc_images(voc_images), **options), log=console.print)
+    report = Path(out) / REPORT_FILE
+    console.print(Markdown(report.read_text()))
+    console.print(f"report: {report} ({time.perf_counter() - start:.0f} s)")

@@ -14,10 +14,11 @@ from ..distributed import rank_and_world
 from ..engine import pretrain as run_pretrain
 from ..engine.checkpoints import checkpoint_path
 from ..engine.resume import find_checkpoint, resumed_config
-from ..presets import DEFAULT_PRESET, DEFAULT_V2_PRESET, PRESETS, get_preset
+from ..presets import DEFAULT_PRESET, DEFAULT_V2_PRESET, PRESETS, default_preset, get_preset
 from ..console import console
 from . import main
 from .benchmark import knn_table
+from .interop import checkpoint_format_option
 
 DATA_HELP = "fashion-mnist, mnist, digits, idx:DIR, or a path (class folders, list file, image folder)"
 
@@ -43,7 +44,8 @@ def _config_options(command):
 
 @main.command()
 @click.option("--preset", default=None, type=click.Choice(sorted(PRESETS)),
-              help=f"named recipe to start from [{DEFAULT_PRESET}]")
+              help=f"named recipe to start from [{DEFAULT_PRESET}; {DEFAULT_V2_PRESET} for "
+                   "--method deepcluster-v2]")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="a YAML config to start from (e.g. a run's config.yaml); flags override it")
 @click.option("--resume", help="continue a run: its checkpoint, its run folder, or 'auto' (the "
@@ -52,20 +54,22 @@ def _config_options(command):
 @_config_options
 def pretrain(preset: str | None, config_file: str | None, resume: str | None, **overrides) -> None:
     """Train a network with DeepCluster, DeepCluster-v2 or the supervised baseline."""
-    config, checkpoint = _run_config(preset, config_file, resume, overrides)
+    config, checkpoint = run_config(preset, config_file, resume, overrides)
     result = run_pretrain(config, resume=checkpoint)
     if not _other_rank():
         console.print(f"checkpoint: {result.checkpoint}")
 
 
-def _run_config(preset: str | None, config_file: str | None, resume: str | None,
+def run_config(preset: str | None, config_file: str | None, resume: str | None,
                 overrides: dict) -> tuple[PretrainConfig, Path | None]:
     """The run's config and the checkpoint it resumes (None: a fresh run)."""
     given = {k: v for k, v in overrides.items() if v is not None}
     if resume is not None and (preset or config_file):
         raise click.UsageError("--resume continues a run with its own config; drop --preset/--config")
-    base = load_yaml_config(config_file, get_preset(preset or DEFAULT_PRESET)) if config_file \
-        else get_preset(preset or DEFAULT_PRESET)
+    # without --preset, the method's own default preset (deepcluster-v2: fashion-mnist-v2)
+    method = given.get("method") or (load_yaml_config(config_file).method if config_file else None)
+    start = get_preset(preset or default_preset(method))
+    base = load_yaml_config(config_file, start) if config_file else start
     if resume is not None:
         out = given.get("out", base.out)
         checkpoint = find_checkpoint(resume, out)
@@ -98,20 +102,27 @@ def presets() -> None:
 
 
 @main.command()
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="this tool's checkpoint, or any layout 'convert' reads (docs/interop.md)")
+@checkpoint_format_option
 @click.option("--data", required=True, help=DATA_HELP)
 @click.option("--split", default="train", type=click.Choice(["train", "test"]), show_default=True)
 @click.option("--layer", default="global", show_default=True,
               type=click.Choice(["global", "avgpool", "feature1", "feature2", "feature3",
                                  "feature4", "feature5"]),
-              help="global: the clustered feature; featureN: a stage's map, flattened")
+              help="global: the clustered feature; avgpool: the last stage averaged; featureN: "
+                   "a stage's map pooled to the benchmark grid, flattened")
 @click.option("--random-init", is_flag=True, help="the same network untrained")
 @click.option("--batch-size", default=256, show_default=True)
 @click.option("--workers", default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="an .npz file with 'features' (float32) and 'labels' (-1: none)")
+              help="an .npz file with 'features' (float32), 'labels' (-1: none) and, for image "
+                   "files, 'paths' (the row order: sorted for a folder)")
 def extract(checkpoint, data, split, layer, random_init, batch_size, workers, out) -> None:
-    """Extract features of a dataset with a pretrained (or random-init) backbone."""
+    """Extract features of a dataset with a pretrained (or random-init) backbone, in fp32 with
+    the checkpoint's evaluation transform (imported ImageNet weights: 256, centre 224)."""
+    import numpy as np
+
     from ..checkpoint import backbone_from_checkpoint, save_npz
     from ..datasets import load_dataset
     from ..features import extract, make_loader, pooled_map
@@ -121,7 +132,9 @@ def extract(checkpoint, data, split, layer, random_init, batch_size, workers, ou
     dataset = load_dataset(data, split).with_transform(extraction_transform(config.image_size))
     features, labels = extract(pooled_map(backbone, layer), make_loader(dataset, batch_size, workers),
                                backbone_device(backbone), desc=f"extract {layer}")
-    save_npz(out, features=features, labels=labels)
+    paths = getattr(dataset, "paths", None)
+    extra = {"paths": np.asarray([str(p) for p in paths])} if paths is not None else {}
+    save_npz(out, features=features.astype(np.float32, copy=False), labels=labels, **extra)
     console.print(f"{out}: features {features.shape[0]} x {features.shape[1]} ({layer}, {split})")
 
 
@@ -145,13 +158,14 @@ def demo(out: str, methods: str, epochs: int | None, precision: str | None) -> N
     import time
 
     from ..benchmarks.knn import run_knn
+    from ..run_report import write_report
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     unknown = [m for m in chosen if m not in DEMO_METHODS]
     if unknown or not chosen:
         raise click.BadParameter(f"{methods!r}: choose from {', '.join(DEMO_METHODS)}",
                                  param_hint="--methods")
-    rows, seconds = [], {}
+    rows, seconds, reports = [], {}, []
     for index, method in enumerate(chosen):
         config = get_preset(DEMO_METHODS[method]).override(
             out=str(Path(out) / ("pretrain" if method == "v1" else f"pretrain-{method}")),
@@ -164,11 +178,14 @@ def demo(out: str, methods: str, epochs: int | None, precision: str | None) -> N
         results["rows"][0]["features"] = ("DeepCluster" if method == "v1" else "DeepCluster-v2")
         rows.insert(index, results["rows"][0])
         rows.extend(results["rows"][1:])
+        reports.append(write_report(config.out, results=[Path(out) / f"knn-{method}"]))
     summary = {**results, "rows": rows, "pretrain_seconds": seconds}
     save_json(summary, Path(out) / "knn" / "results.json")
     console.print(knn_table(summary))
     console.print("pretraining took " + ", ".join(f"{m} {s:.0f} s" for m, s in seconds.items()) +
                   f"; results in {out}")
+    for page in reports:
+        console.print(f"report: {page}")
 
 
 def _pretrain_or_reuse(config: PretrainConfig) -> Path:
@@ -188,6 +205,7 @@ def _pretrain_or_reuse(config: PretrainConfig) -> Path:
 @main.command("train-supervised")
 @click.option("--like", "checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
               help="a pretraining checkpoint whose architecture (and seed) to train")
+@checkpoint_format_option
 @click.option("--data", default=None, help="labelled training data [the checkpoint's]")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--epochs", default=5, show_default=True)

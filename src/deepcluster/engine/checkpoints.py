@@ -52,4 +52,7 @@ def load_run_state(path: str | Path) -> tuple[dict[str, Any], PretrainConfig]:
     """A checkpoint (``weights_only=True``) and its config, upgraded if written by an earlier
     version of the tool."""
     state = load_checkpoint(path)
+    if "imported" in state:  # another tool's weights (interop): no run to continue
+        raise ValueError(f"checkpoint {path} holds imported weights ({state['imported']['layout']} "
+                         "layout), not a pretraining run of this tool; it cannot be resumed")
     return state, PretrainConfig.from_dict(state["config"], source=str(path))

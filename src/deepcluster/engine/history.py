@@ -17,14 +17,15 @@ from typing import Any
 
 from rich.table import Table
 
-from ..checkpoint import atomic_write
+from ..atomic import atomic_write
 from ..console import console
 
 Row = dict[str, Any]
 TITLES = {"loss": "loss", "nmi_previous": "NMI previous", "nmi_labels": "NMI labels",
           "empty_clusters": "empty clusters", "smallest_cluster": "smallest",
           "largest_cluster": "largest", "lr": "lr", "extract_s": "extract s",
-          "cluster_s": "cluster s", "train_s": "train s"}
+          "cluster_s": "cluster s", "train_s": "train s", "knn_top1": "k-NN top-1",
+          "knn_s": "k-NN s"}
 
 
 def format_value(value: Any) -> str:

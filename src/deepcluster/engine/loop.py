@@ -18,27 +18,32 @@ averages the gradients and rank 0 alone writes files.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from lightning.fabric import Fabric
 
-from ..checkpoint import atomic_write, save_npy
+from ..atomic import atomic_write
+from ..checkpoint import save_npy
 from ..config import PretrainConfig
-from ..distributed import barrier, mean_over_processes
+from ..distributed import barrier, broadcast_object, count_nonfinite, mean_over_processes
+from ..errors import Diverged
 from ..methods import get_method
 from ..methods.base import Method, Refresh, RunContext
 from ..console import console, progress_bar
 from .checkpoints import checkpoint_path, load_run_state, save_run_state
 from .history import History, history_table, read_metrics_csv
+from .online_knn import OnlineKnn
 from ..sampler import process_share
 from .loaders import training_loader
-from .processes import (broadcast_buffers, local_batch_size, prepare_model, seed_epoch,
-                        seed_process_stream, start_processes)
+from .processes import (broadcast_buffers, local_batch_size, prepare_model, resolve_precision,
+                        seed_epoch, seed_process_stream, start_processes)
 from .resume import NothingToDo, check_resume
+from .run_lock import RunLock, RunLocked
 from .schedule import learning_rate
 
 
@@ -62,12 +67,20 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None,
             console.print(str(done))
             return PretrainResult(Path(resume), saved_history(state, config), None)
     fabric = start_processes(config)
-    engine = Engine(config, fabric, get_method(config.method)(config, fabric), progress)
+    lock = RunLock(config.out) if fabric.is_global_zero else None
+    in_use = broadcast_object(lock.acquire() if lock else None)  # every process stops, or none
+    if in_use:
+        raise RunLocked(in_use)
     try:
-        return engine.run(state)
+        engine = Engine(config, fabric, get_method(config.method)(config, fabric), progress)
+        try:
+            return engine.run(state)
+        finally:
+            engine.history.close()
+            barrier()  # rank 0's files are complete when any process returns
     finally:
-        engine.history.close()
-        barrier()  # rank 0's files are complete when any process returns
+        if lock:
+            lock.release()
 
 
 def saved_history(state: dict[str, Any], config: PretrainConfig) -> list[dict[str, Any]]:
@@ -92,6 +105,7 @@ class Engine:
         self.out = Path(config.out)
         self.history = History(self.out, [], writer=fabric.is_global_zero, show=progress)
         self.progress = progress
+        self.knn = OnlineKnn(config, fabric, method, self.data.labels, progress)
 
     def run(self, state: dict[str, Any] | None) -> PretrainResult:
         config = self.config
@@ -105,7 +119,8 @@ class Engine:
         self.write_config()
         run = RunContext(self.fabric, self.model, self.data, self.forward_pass)
         if state is None:
-            refresh = self.method.initial_targets(run)
+            with self.diverging(-1, "in the clustering of the untrained network"):
+                refresh = self.knn.measure(run, 0, self.method.initial_targets)
             if refresh is not None:
                 self.log(0, refresh, loss=float("nan"), lr=0.0,
                          train_seconds=refresh.seconds.pop("train_s", 0.0))
@@ -120,7 +135,9 @@ class Engine:
             self.method.after_pass(order, self.world)
             if self.world > 1:
                 broadcast_buffers(self.model)
-            refresh = self.method.refresh_targets(run, epoch + 1)
+            with self.diverging(epoch, "in the clustering after it"):
+                refresh = self.knn.measure(
+                    run, epoch + 1, lambda run: self.method.refresh_targets(run, epoch + 1))
             self.log(epoch + 1, refresh, loss, lr, train_seconds)
         if self.fabric.is_global_zero and self.progress:
             console.print(history_table(self.history.rows, self.method.title))
@@ -169,10 +186,35 @@ class Engine:
             self.optimizer.zero_grad(set_to_none=True)
             self.fabric.backward(loss)
             self.optimizer.step()
-            total += loss.item() * len(indices)
+            value = loss.item()
+            if count_nonfinite(torch.tensor([value])):
+                raise self.diverged(epoch, f"step {step - epoch * steps + 1} of {steps}",
+                                    f"the loss is {value}", lr)
+            total += value * len(indices)
             count += len(indices)
             bar.set_postfix(loss=f"{total / count:.3f}", refresh=False)
         return mean_over_processes(total, count), lr
+
+    @contextmanager
+    def diverging(self, epoch: int, where: str) -> Iterator[None]:
+        """The method's own ``Diverged`` (non-finite features), told with the epoch and causes."""
+        try:
+            yield
+        except Diverged as error:
+            raise self.diverged(epoch, where, str(error), self.config.lr) from None
+
+    def diverged(self, epoch: int, where: str, what: str, lr: float) -> Diverged:
+        """The one-line account of a run that stopped on NaN/inf: where, likely causes, and what
+        is kept (the last checkpoint, written before the epoch, is never overwritten)."""
+        precision = resolve_precision(self.config.precision, self.config.accelerator)
+        causes = f"a learning rate too high (lr={lr:g})"
+        if precision != "32-true":
+            causes += f" or the {precision} precision (try --precision 32-true)"
+        done = self.history.rows[-1]["epoch"] if self.history.rows else None
+        kept = ("no checkpoint was written" if done is None else
+                f"the last good checkpoint {checkpoint_path(self.out)} (epoch {done}) is kept")
+        when = "before the first epoch" if epoch < 0 else f"in epoch {epoch + 1}"
+        return Diverged(f"training diverged {when}, {where}: {what}; likely {causes}; {kept}")
 
     def forward_pass(self, order: Sequence[int], step: Callable) -> float:
         """``step(model, inputs, indices)`` on every batch of this process's share of the global

@@ -37,10 +37,14 @@ def find_checkpoint(resume: str | Path, out: str | Path) -> Path | None:
 
 
 def resumed_config(checkpoint: str | Path, changes: dict[str, Any]) -> PretrainConfig:
-    """The checkpoint's config in its own run folder, with ``changes`` (resumable fields only)."""
+    """The checkpoint's config in its own run folder, with ``changes`` (resumable fields, or
+    others at their saved value)."""
     _, saved = load_run_state(checkpoint)
     changes = {k: v for k, v in changes.items() if v is not None}
-    refused = sorted(set(changes) - set(resumable_fields()) - {"out"})
+    # a value equal to the saved one is no change: the same command line with --resume auto
+    # appended (as a requeued cluster job reruns it) continues the run
+    refused = sorted(n for n in set(changes) - set(resumable_fields()) - {"out"}
+                     if changes[n] != getattr(saved, n))
     if refused:
         details = ", ".join(f"{n} ({getattr(saved, n)!r} -> {changes[n]!r})" for n in refused)
         raise ValueError(f"cannot change {details} when resuming {checkpoint}: a resumed run keeps "

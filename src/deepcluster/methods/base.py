@@ -30,6 +30,8 @@ from torch.utils.data import Dataset
 from ..config import PretrainConfig
 from ..data import ImageDataset
 from ..datasets import load_dataset
+from ..distributed import count_nonfinite
+from ..errors import Diverged
 
 
 @dataclass
@@ -62,6 +64,10 @@ class RunContext:
     # One pass over ``order`` (this process's share) calling ``step(model, inputs, indices)`` on
     # every batch, in train mode without gradients; returns the seconds it took.
     forward_pass: Callable[[Sequence[int], Callable], float]
+    # Set by the engine while a refresh runs when it wants the training images' features (the
+    # online k-NN): a method with an extraction pass calls it with every batch's global
+    # features and labels, ``feature_sink(features, labels)``; None: nobody wants them.
+    feature_sink: Callable[[torch.Tensor, torch.Tensor], None] | None = None
 
 
 class Method:
@@ -80,7 +86,8 @@ class Method:
     def training_images(self) -> ImageDataset:
         """The config's training split (its first ``subset`` images)."""
         config = self.config
-        images = load_dataset(config.data, "train", skip_unreadable=config.skip_unreadable)
+        images = load_dataset(config.data, "train", skip_unreadable=config.skip_unreadable,
+                              allow_outside_root=config.allow_outside_root)
         return images.subset(config.subset) if config.subset else images
 
     def build_model(self) -> nn.Module:
@@ -115,3 +122,11 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from a checkpoint (the whole checkpoint dict: common keys and the method's)."""
+
+
+def check_finite(values: np.ndarray | torch.Tensor, what: str) -> None:
+    """Stop with ``Diverged`` when any process's ``values`` hold NaN or inf (before k-means,
+    which would put every image into one cluster or fail inside faiss)."""
+    bad = count_nonfinite(values)
+    if bad:
+        raise Diverged(f"{bad} of {what} are not finite (NaN or inf)")

@@ -35,7 +35,7 @@ from ..sampler import padded_length, uniform_cluster_indices
 from ..sharded_clustering import cluster_shards
 from ..transforms import (ChannelsLast, device_decode_pipeline, extraction_pipeline, is_small,
                           training_pipeline)
-from .base import Method, Refresh, RunContext, TrainingData
+from .base import Method, Refresh, RunContext, TrainingData, check_finite
 
 
 class DeepCluster(Method):
@@ -102,7 +102,8 @@ class DeepCluster(Method):
 
     def refresh_targets(self, run: RunContext, epoch: int) -> Refresh:
         """Steps 1-3 with the seed of ``epoch`` (0: the untrained network)."""
-        clustering, extract_seconds = self.cluster(seed=self.config.seed + epoch)
+        clustering, extract_seconds = self.cluster(seed=self.config.seed + epoch,
+                                                   feature_sink=run.feature_sink)
         refresh = clustering_refresh(clustering, self.assignments, run.data.labels,
                                      extract_s=extract_seconds)
         self.set_assignments(clustering.assignments)
@@ -112,13 +113,15 @@ class DeepCluster(Method):
         self.assignments = assignments
         self.targets = torch.from_numpy(assignments.astype(np.int64)).to(self.fabric.device)
 
-    def cluster(self, seed: int) -> tuple[ClusteringResult, float]:
+    def cluster(self, seed: int, feature_sink=None) -> tuple[ClusteringResult, float]:
         """Extract, PCA-whiten, k-means. Returns the result and the extraction seconds (with
-        ``streaming_pca``, the PCA is fitted during extraction and counted in them)."""
+        ``streaming_pca``, the PCA is fitted during extraction and counted in them).
+        ``feature_sink``: gets every extracted batch (``RunContext.feature_sink``)."""
         config, sharded = self.config, is_distributed()
         options = dict(batch_size=config.extract_batch_size, workers=config.workers,
                        device=self.fabric.device, progress=self.fabric.is_global_zero,
-                       batch_transform=self.eval_batch, shard=sharded, collate=self.collate)
+                       batch_transform=self.eval_batch, shard=sharded, collate=self.collate,
+                       feature_sink=feature_sink)
         start = time.perf_counter()
         with self.fabric.autocast():  # the training precision (bf16-mixed: bf16 convolutions)
             if config.streaming_pca:
@@ -130,6 +133,7 @@ class DeepCluster(Method):
         if sharded:
             self.fabric.barrier()  # the extraction time of the slowest process
         extract_seconds = time.perf_counter() - start
+        check_finite(features, "the features of the extraction pass")
         if sharded:
             return cluster_shards(features, len(self.eval_set), config, seed), extract_seconds
         if not config.streaming_pca:
@@ -159,3 +163,4 @@ def clustering_refresh(clustering: ClusteringResult, previous: np.ndarray | None
                "largest_cluster": int(sizes.max())},
         seconds={"extract_s": extract_s, "cluster_s": clustering.seconds},
         assignments=clustering.assignments)
+

@@ -33,7 +33,7 @@ from ..distributed import all_gather_columns, broadcast_from_rank0
 from ..models import Backbone, build_backbone
 from ..sampler import padded_length, process_share, shuffled_order
 from ..transforms import ChannelsLast, PerView, is_small, multicrop_pipeline
-from .base import Method, Refresh, RunContext, TrainingData
+from .base import Method, Refresh, RunContext, TrainingData, check_finite
 from .deepcluster import clustering_refresh
 
 
@@ -151,6 +151,7 @@ class DeepClusterV2(Method):
         """Cluster the memory bank (seed of ``epoch``); the first set stands for the epoch in the
         log (no extraction pass: extract_s is 0)."""
         start = time.perf_counter()
+        check_finite(self.memory, "the memory bank's embeddings")
         assignments, prototypes = cluster_memory(self.memory.to(self.fabric.device), self.config.k,
                                                  self.config.prototype_sets,
                                                  self.config.kmeans_iters, self.config.seed + epoch)
