@@ -205,8 +205,8 @@ def _recording_cluster(log: list):
     """DeepCluster.cluster, recording every process's model state and assignments each time."""
     real = v1_module.DeepCluster.cluster
 
-    def cluster(self, seed):
-        result, seconds = real(self, seed)
+    def cluster(self, seed, **options):
+        result, seconds = real(self, seed, **options)
         log.append({"state": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
                     "assignments": result.assignments.copy()})
         return result, seconds
