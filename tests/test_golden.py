@@ -42,7 +42,7 @@ def runs(tmp_path_factory):
     return root, {name: run(name, root / name) for name in GOLDEN["configs"]}
 
 
-@pytest.mark.parametrize("name", ["v1-faiss", "v1-torch", "v2"])
+@pytest.mark.parametrize("name", ["v1-faiss", "v1-torch", "v1-strong", "v2"])
 def test_engine_reproduces_the_golden_run(runs, name):
     root, results = runs
     expected, result = GOLDEN["runs"][name], results[name]

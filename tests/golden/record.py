@@ -32,6 +32,9 @@ COMMON = dict(data="digits", subset=320, arch="small-cnn", image_size=8, k=10, p
 RUNS = {
     "v1-faiss": dict(COMMON, kmeans_backend="faiss"),
     "v1-torch": dict(COMMON, kmeans_backend="torch", lr_schedule="cosine"),
+    # the default preset's augmentation (crop 0.14-1, flip, jitter) and lr; recorded 2026-12-02
+    # with the same code (dc0df94), after the others
+    "v1-strong": dict(COMMON, kmeans_backend="faiss", augmentation="strong", lr=0.1),
     "v2": dict(COMMON, method="deepcluster-v2", prototype_sets=2, projection_hidden=32,
                projection_dim=16, small_crops=1, image_size=12, small_crop_size=8, kmeans_iters=5,
                warmup_epochs=0.5, lr_schedule="cosine"),

@@ -150,8 +150,8 @@ DEMO_METHODS = {"v1": DEFAULT_PRESET, "v2": DEFAULT_V2_PRESET}
 @click.option("--methods", default="v1,v2", show_default=True,
               help="which to pretrain: v1 (the default preset), v2 (DeepCluster-v2), or both")
 @click.option("--epochs", type=int, default=None, help="override the presets' epochs")
-@click.option("--precision", default=None, help="override the presets' bf16-mixed (32-true on a "
-              "CPU without BF16 instructions, where bf16 is several times slower)")
+@click.option("--precision", default=None, help="override the presets' auto (bf16-mixed where the "
+              "chip has bf16 arithmetic, else 32-true)")
 def demo(out: str, methods: str, epochs: int | None, precision: str | None) -> None:
     """The quick start: pretrain DeepCluster (and DeepCluster-v2) with the default presets, then
     k-NN against random init and raw pixels."""
