@@ -52,6 +52,12 @@ def one_line(error: BaseException) -> str:
 def main(debug: bool) -> None:
     """DeepCluster self-supervised pretraining and the standard feature benchmarks."""
     warnings.filterwarnings("ignore", message=".*Experiment logs directory.*")
+    warnings.formatwarning = one_line_warning
+
+
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as the tool's own line, without the source line Python adds."""
+    return f"warning: {' '.join(str(message).split())}\n"
 
 
 # The commands, one module per family (imported for their registration on ``main``).
