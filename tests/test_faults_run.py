@@ -149,8 +149,11 @@ def test_a_killed_loader_worker_is_a_clear_error_not_a_hang(tmp_path):
 def test_ctrl_c_exits_130_and_the_run_resumes_to_the_uninterrupted_one(straight, tmp_path):
     run = tmp_path / "run"
     flags = [*TINY, "--epochs", EPOCHS, "--out", run]
+    # SIG_DFL in the child: a test run started in the background (nohup, &) ignores SIGINT, the
+    # child would inherit that, and Python keeps an ignored SIGINT ignored.
     process = subprocess.Popen([sys.executable, "-m", "deepcluster.cli", "pretrain", *map(str, flags)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     checkpoint = run / "checkpoints" / "last.ckpt"
     deadline = time.time() + 120
     while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
