@@ -43,9 +43,9 @@ from deepcluster.models import DeepClusterModel, build_backbone
 from deepcluster.engine import pretrain
 
 FULL = dict(batch=256, image_size=224, steps=30, kmeans_n=1_281_167, k=10_000, jpegs=2048,
-            loop_images=25_600, modes=("eager", "compiled"))
-TINY = dict(batch=4, image_size=64, steps=2, kmeans_n=5_000, k=50, jpegs=16, loop_images=32,
-            modes=("eager",))
+            loop_images=25_600, workers=4, bf16=True, modes=("eager", "compiled"))
+TINY = dict(batch=4, image_size=64, steps=2, kmeans_n=5_000, k=50, jpegs=16, loop_images=32, workers=1,
+            bf16=False, modes=("eager",))  # fp32: CPUs without bf16 arithmetic emulate it, 6x slower
 
 
 def synchronise(device: torch.device) -> None:
@@ -77,7 +77,7 @@ def model_rates(device: torch.device, sizes: dict, mode: str) -> dict:
     x = torch.randn(batch, 3, size, size, device=device).contiguous(
         memory_format=torch.channels_last)
     y = torch.randint(0, sizes["k"], (batch,), device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=sizes["bf16"])
 
     def train_step():
         with autocast:
@@ -176,8 +176,8 @@ def loop_rates(device: torch.device, data: Path, sizes: dict, out: Path, compile
     config = PretrainConfig(
         data=str(data), arch="resnet50", sobel=True, image_size=sizes["image_size"],
         augmentation="original", k=max(2, min(sizes["k"], sizes["loop_images"] // 25)), pca_dim=64,
-        epochs=2, batch_size=sizes["batch"], extract_batch_size=sizes["batch"], workers=4,
-        accelerator=device.type, precision="bf16-mixed", decode_on_device=True,
+        epochs=2, batch_size=sizes["batch"], extract_batch_size=sizes["batch"], workers=sizes["workers"],
+        accelerator=device.type, precision="bf16-mixed" if sizes["bf16"] else "32-true", decode_on_device=True,
         compile=compiled, kmeans_backend="torch", out=str(out))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -242,7 +242,8 @@ def main() -> None:
         rows.append((f"k-means iteration, N={sizes['kmeans_n']:,}, k={sizes['k']:,}",
                      f"{rates['seconds_per_iteration']:.3f} s", ""))
 
-    table = Table(title=f"ResNet-50 (Sobel), bf16, channels-last, batch {sizes['batch']} "
+    precision = "bf16" if sizes["bf16"] else "fp32"
+    table = Table(title=f"ResNet-50 (Sobel), {precision}, channels-last, batch {sizes['batch']} "
                         f"- {results['device']}")
     for column in ("part", "rate", "note"):
         table.add_column(column, justify="right")

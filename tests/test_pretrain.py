@@ -11,7 +11,8 @@ from deepcluster.config import PretrainConfig
 from deepcluster.engine import pretrain
 
 SMALL = dict(data="fashion-mnist", subset=400, arch="small-cnn", k=20, pca_dim=32, batch_size=64,
-             extract_batch_size=200, lr=0.05, seed=3, threads=1)  # one thread: any test order
+             extract_batch_size=200, lr=0.05, seed=3, threads=1,  # one thread: any test order
+             knn_every=0)  # the online k-NN (of all 10k test images) is tested in test_report
 
 
 def run(tmp_path, name, resume=None, **changes):
