@@ -25,12 +25,12 @@ def test_the_public_names_are_declared_and_load_lazily():
 
 def test_configs_from_preset_yaml_and_keywords(tmp_path):
     config = dc.make_config("fashion-mnist-v2", epochs=1)
-    assert config.method == "deepcluster-v2" and config.epochs == 1 and config.pca_dim is None
+    assert config.method == "deepcluster-v2" and config.epochs == 1 and config.reset_head is None
     (tmp_path / "c.yaml").write_text(config.to_yaml())
     assert dc.load_config(tmp_path / "c.yaml") == config
     assert dc.load_config(tmp_path / "c.yaml", lr=0.3).lr == 0.3
-    with pytest.raises(ValueError, match="pca_dim=16 is a deepcluster option"):
-        dc.make_config("fashion-mnist-v2", pca_dim=16)
+    with pytest.raises(ValueError, match="reset_head=False is a deepcluster option"):
+        dc.make_config("fashion-mnist-v2", reset_head=False)
     # a method change keeps only what the new method uses
     assert dc.make_config("fashion-mnist-v2", method="deepcluster").prototype_sets is None
 

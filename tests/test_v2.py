@@ -18,7 +18,8 @@ from deepcluster.transforms import MultiCrop, _ToFloatRGB, extraction_pipeline, 
 
 SMALL = dict(method="deepcluster-v2", data="fashion-mnist", subset=400, arch="small-cnn", k=20,
              batch_size=100, lr=0.05, warmup_epochs=0.5, lr_schedule="cosine",
-             projection_hidden=64, projection_dim=32, small_crops=1, seed=5)
+             projection_hidden=64, projection_dim=32, small_crops=1, seed=5,
+             knn_every=0)  # the online k-NN (of all 10k test images) is tested in test_report
 
 
 def normalised(*shape: int) -> torch.Tensor:
@@ -132,3 +133,57 @@ def test_v2_pretraining_learns_writes_v1_compatible_checkpoints_and_resumes(tmp_
     # The cosine schedule was planned over 2 epochs: a third would change it, so it is refused.
     with pytest.raises(ValueError, match="planned over 2 epochs"):
         run(tmp_path, "v2", resume=result.checkpoint, epochs=3)
+
+
+
+def test_backbone_first_targets_are_v1s_first_clustering(tmp_path):
+    """first_targets=backbone: epoch 1 trains on exactly the clustering v1 starts from (same seed,
+    same untrained backbone, clustered before the bank's pass moves the BatchNorm statistics)."""
+    options = dict(subset=200, k=10, pca_dim=16, kmeans_iters=5, batch_size=100, epochs=1,
+                   knn_every=0)
+    v2 = run(tmp_path, "v2", first_targets="backbone", **options)
+    v1 = pretrain(PretrainConfig(data="fashion-mnist", seed=5, out=str(tmp_path / "v1"), **options),
+                  progress=False)
+    np.testing.assert_array_equal(np.load(tmp_path / "v2" / "assignments" / "epoch_000.npy"),
+                                  np.load(tmp_path / "v1" / "assignments" / "epoch_000.npy"))
+    assert v2.history[0]["nmi_labels"] == v1.history[0]["nmi_labels"]
+
+
+def test_prototypes_of_a_given_clustering_are_its_clusters_mean_embeddings():
+    from types import SimpleNamespace
+
+    from lightning.fabric import Fabric
+
+    from deepcluster.clustering import ClusteringResult
+
+    method = DeepClusterV2(PretrainConfig(**SMALL), Fabric(accelerator="cpu", devices=1))
+    method.build_model()
+    method.memory = normalised(2, 60, 32)
+    random_prototypes = method.model.prototypes.clone()
+    ids = np.arange(60) % 19  # cluster 19 of k = 20 stays empty
+    clustering = ClusteringResult(ids, np.zeros((20, 4), np.float32), 0.0, 0.0)
+    refresh = method.start_from(clustering, 0.0, SimpleNamespace(data=SimpleNamespace(labels=None)))
+    assert refresh.stats["empty_clusters"] == 1
+    for s in range(3):
+        np.testing.assert_array_equal(method.targets[s].numpy(), ids)
+        for c in range(19):
+            expected = nn.functional.normalize(method.memory[s % 2][ids == c].mean(0), dim=0)
+            torch.testing.assert_close(method.model.prototypes[s, c], expected)
+        assert torch.equal(method.model.prototypes[s, 19], random_prototypes[s, 19])
+
+
+def test_a_clean_bank_holds_the_eval_mode_embeddings_of_unaugmented_images(tmp_path,
+                                                                          fashion_train):
+    result = run(tmp_path, "clean", subset=200, k=10, epochs=1, bank="clean", kmeans_iters=5)
+    state = load_checkpoint(result.checkpoint)
+    model = DeepClusterV2Model(build_backbone("small-cnn", sobel=True), 64, 32, sets=3, k=10)
+    model.backbone.load_state_dict(state["backbone"])
+    model.projector.load_state_dict(state["projector"])
+    extraction = extraction_pipeline(28, in_memory=True)
+    images = fashion_train.subset(200).with_transform(extraction.sample)
+    x = extraction.batch(torch.stack([images[i][0] for i in range(200)]))
+    with torch.no_grad():
+        expected = model.eval().embed([x])
+    torch.testing.assert_close(state["memory"][0], expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(state["memory"][1], expected, atol=1e-4, rtol=1e-4)
+    assert result.history[1]["extract_s"] > 0  # the clean pass is timed as an extraction

@@ -32,6 +32,8 @@ LR_SCHEDULES = ("constant", "cosine", "cosine-epoch")
 EPOCH_DEPENDENT_SCHEDULES = ("cosine", "cosine-epoch")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 CONFIG_VERSION = 2
+BANKS = ("training", "clean")  # DeepCluster-v2's memory bank
+FIRST_TARGETS = ("bank", "backbone")
 
 
 def option(default: Any, help: str, methods: tuple[str, ...] = COMMON, resume: bool = False,
@@ -78,13 +80,13 @@ class PretrainConfig:
     # --- DeepCluster v1 and v2 ------------------------------------------------------------------
     k: int = option(100, "number of clusters (v2: per prototype set)", methods=(V1, V2), minimum=2)
     kmeans_iters: int = option(20, "k-means iterations per clustering", methods=(V1, V2), minimum=1)
+    pca_dim: int = option(64, "PCA-whitening dimension before the k-means of the backbone's features", methods=(V1, V2), minimum=1)
+    streaming_pca: bool = option(True, "fit the PCA batch by batch while extracting: N x pca_dim in memory, not N x D", methods=(V1, V2), resume=True)
+    feature_memory_gb: float = option(2.0, "with streaming_pca: hold the full-width features in memory up to this many GiB per process, beyond it spill them to a temporary file in float16 (0: always spill)", methods=(V1, V2), resume=True, minimum=0)
+    kmeans_backend: str = option("faiss", "k-means implementation of the backbone's clustering (v2: with first_targets=backbone; its bank's spherical k-means is torch's)", methods=(V1, V2), choices=KMEANS_BACKENDS)
+    extract_batch_size: int = option(512, "batch size of the extraction pass (v2: of its clean passes)", methods=(V1, V2), resume=True, minimum=1)
     # --- DeepCluster (v1) -----------------------------------------------------------------------
-    pca_dim: int = option(64, "PCA-whitening dimension before k-means", methods=(V1,), minimum=1)
-    streaming_pca: bool = option(True, "fit the PCA batch by batch while extracting: N x pca_dim in memory, not N x D", methods=(V1,), resume=True)
-    feature_memory_gb: float = option(2.0, "with streaming_pca: hold the full-width features in memory up to this many GiB per process, beyond it spill them to a temporary file in float16 (0: always spill)", methods=(V1,), resume=True, minimum=0)
     reset_head: bool = option(True, "re-initialise the classifier head before every epoch (the cluster ids change meaning at each clustering)", methods=(V1,))
-    kmeans_backend: str = option("faiss", "k-means implementation", methods=(V1,), choices=KMEANS_BACKENDS)
-    extract_batch_size: int = option(512, "batch size of the extraction pass", methods=(V1,), resume=True, minimum=1)
     decode_on_device: bool = option(False, "loader reads only the files' bytes; JPEGs are decoded, cropped and resized on the training device (nvJPEG on a GPU); image files only", methods=(V1,), resume=True)
     # --- DeepCluster-v2 -------------------------------------------------------------------------
     prototype_sets: int = option(3, "number of spherical k-means runs, each giving a set of k prototypes", methods=(V2,), minimum=1)
@@ -94,6 +96,8 @@ class PretrainConfig:
     large_crops: int = option(2, "full-size crops per image (each keeps its own memory bank)", methods=(V2,), minimum=1)
     small_crops: int = option(2, "extra small crops per image (multi-crop)", methods=(V2,), minimum=0)
     small_crop_size: int = option(0, "side of the small crops in pixels (0: 3/7 of image_size, as 96 is of 224)", methods=(V2,), minimum=0)
+    bank: str = option("training", "what each clustering clusters: training (the large crops' embeddings written during the last training pass, as SwAV does) or clean (one pass over the images without augmentation, in eval mode, before every clustering)", methods=(V2,), choices=BANKS)
+    first_targets: str = option("bank", "the first epoch's targets: bank (the clusters of the untrained network's embeddings) or backbone (v1's clustering of the backbone's PCA-whitened features, for every set; its prototypes are the clusters' mean embeddings)", methods=(V2,), choices=FIRST_TARGETS)
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)

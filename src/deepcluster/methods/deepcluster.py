@@ -23,9 +23,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from lightning.fabric import Fabric
 from torch import nn
 
 from ..clustering import ClusteringResult, check_k, cluster_features, cluster_whitened, nmi
+from ..config import PretrainConfig
 from ..data import ArrayImageDataset, ImageFileDataset
 from ..device_decode import DecodeOnDevice, collate_encoded
 from ..distributed import is_distributed
@@ -114,33 +116,9 @@ class DeepCluster(Method):
         self.targets = torch.from_numpy(assignments.astype(np.int64)).to(self.fabric.device)
 
     def cluster(self, seed: int, feature_sink=None) -> tuple[ClusteringResult, float]:
-        """Extract, PCA-whiten, k-means. Returns the result and the extraction seconds (with
-        ``streaming_pca``, the PCA is fitted during extraction and counted in them).
-        ``feature_sink``: gets every extracted batch (``RunContext.feature_sink``)."""
-        config, sharded = self.config, is_distributed()
-        options = dict(batch_size=config.extract_batch_size, workers=config.workers,
-                       device=self.fabric.device, progress=self.fabric.is_global_zero,
-                       batch_transform=self.eval_batch, shard=sharded, collate=self.collate,
-                       feature_sink=feature_sink)
-        start = time.perf_counter()
-        with self.fabric.autocast():  # the training precision (bf16-mixed: bf16 convolutions)
-            if config.streaming_pca:
-                features = extract_whitened(self.model.backbone, self.eval_set, config.pca_dim,
-                                            memory_budget=int(config.feature_memory_gb * 2**30),
-                                            **options)
-            else:
-                features, _ = extract_global(self.model.backbone, self.eval_set, **options)
-        if sharded:
-            self.fabric.barrier()  # the extraction time of the slowest process
-        extract_seconds = time.perf_counter() - start
-        check_finite(features, "the features of the extraction pass")
-        if sharded:
-            return cluster_shards(features, len(self.eval_set), config, seed), extract_seconds
-        if not config.streaming_pca:
-            return cluster_features(features, config.k, config.pca_dim, config.kmeans_iters, seed,
-                                    config.kmeans_backend), extract_seconds
-        return cluster_whitened(features, config.k, config.kmeans_iters, seed,
-                                config.kmeans_backend, copy=False), extract_seconds
+        """Steps 1-3 on the current backbone (``cluster_backbone``)."""
+        return cluster_backbone(self.model.backbone, self.eval_set, self.eval_batch, self.config,
+                                self.fabric, seed, self.collate, feature_sink)
 
     def state_dict(self) -> dict[str, Any]:
         return {"head": self.model.head.state_dict(),
@@ -164,3 +142,36 @@ def clustering_refresh(clustering: ClusteringResult, previous: np.ndarray | None
         seconds={"extract_s": extract_s, "cluster_s": clustering.seconds},
         assignments=clustering.assignments)
 
+
+
+def cluster_backbone(backbone: nn.Module, images, batch_transform: nn.Module,
+                     config: PretrainConfig, fabric: Fabric, seed: int, collate=None,
+                     feature_sink=None) -> tuple[ClusteringResult, float]:
+    """Extract the backbone's global features of ``images`` (eval mode, ``batch_transform`` on
+    every batch), PCA-whiten, k-means: every process gets the same N ids. Returns the result and
+    the extraction seconds (with ``streaming_pca``, the PCA is fitted during extraction and
+    counted in them). ``feature_sink``: gets every extracted batch (``RunContext.feature_sink``)."""
+    sharded = is_distributed()
+    options = dict(batch_size=config.extract_batch_size, workers=config.workers,
+                   device=fabric.device, progress=fabric.is_global_zero,
+                   batch_transform=batch_transform, shard=sharded, collate=collate,
+                   feature_sink=feature_sink)
+    start = time.perf_counter()
+    with fabric.autocast():  # the training precision (bf16-mixed: bf16 convolutions)
+        if config.streaming_pca:
+            features = extract_whitened(backbone, images, config.pca_dim,
+                                        memory_budget=int(config.feature_memory_gb * 2**30),
+                                        **options)
+        else:
+            features, _ = extract_global(backbone, images, **options)
+    if sharded:
+        fabric.barrier()  # the extraction time of the slowest process
+    extract_seconds = time.perf_counter() - start
+    check_finite(features, "the features of the extraction pass")
+    if sharded:
+        return cluster_shards(features, len(images), config, seed), extract_seconds
+    if not config.streaming_pca:
+        return cluster_features(features, config.k, config.pca_dim, config.kmeans_iters, seed,
+                                config.kmeans_backend), extract_seconds
+    return cluster_whitened(features, config.k, config.kmeans_iters, seed,
+                            config.kmeans_backend, copy=False), extract_seconds

@@ -11,6 +11,12 @@ v1 idea with a projection head, prototypes, multi-crop and no extraction pass.
      into the memory bank at the image's index (so the bank is in dataset order);
   3. the learning rate follows the run's schedule every step (the preset: warm-up, then cosine).
 
+Two options leave SwAV's recipe for short runs on small images (``docs/v2_comparison.md``):
+``bank="clean"`` fills the bank before every clustering from one pass over the images without
+augmentation, in eval mode, instead of from the training pass; ``first_targets="backbone"``
+takes the first epoch's targets from v1's clustering of the untrained backbone's PCA-whitened
+features, with the clusters' mean embeddings as prototypes.
+
 The prototypes are never trained; an empty cluster keeps its previous centroid. Checkpoints have
 the same ``backbone`` and ``config`` as v1, so every benchmark reads them unchanged. Across
 processes every process writes the rows of its share of the images, the rows are all-gathered
@@ -29,12 +35,13 @@ from torch import nn
 
 from ..clustering import ClusteringResult, check_k, torch_kmeans
 from ..data import ArrayImageDataset
-from ..distributed import all_gather_columns, broadcast_from_rank0
+from ..distributed import all_gather_columns, broadcast_from_rank0, gather_rows, is_distributed
+from ..features import extract_global
 from ..models import Backbone, build_backbone
 from ..sampler import padded_length, process_share, shuffled_order
-from ..transforms import ChannelsLast, PerView, is_small, multicrop_pipeline
+from ..transforms import ChannelsLast, PerView, extraction_set, is_small, multicrop_pipeline
 from .base import Method, Refresh, RunContext, TrainingData, check_finite
-from .deepcluster import clustering_refresh
+from .deepcluster import cluster_backbone, clustering_refresh
 
 
 class DeepClusterV2Model(nn.Module):
@@ -106,6 +113,8 @@ class DeepClusterV2(Method):
         if config.channels_last:
             batch_transform = nn.Sequential(batch_transform, PerView(ChannelsLast()))
         self.memory = torch.zeros(config.large_crops, len(images), config.projection_dim)
+        self.eval_set, eval_batch = extraction_set(images, config.image_size, config.channels_last)
+        self.eval_batch = eval_batch.to(self.fabric.device)
         return TrainingData(images.with_transform(pipeline.sample), batch_transform,
                             images.targets)
 
@@ -117,14 +126,60 @@ class DeepClusterV2(Method):
         return self.model
 
     def initial_targets(self, run: RunContext) -> Refresh:
-        """One pass of the untrained network fills the memory bank, which is then clustered."""
-        order = shuffled_order(self.memory.shape[1], self.config.seed, self.fabric.world_size)
-        seconds = run.forward_pass(order, self.remember)
-        self.after_pass(order, self.fabric.world_size)
+        """The untrained network's bank (one pass of augmented crops in train mode, as SwAV, or
+        a clean pass), clustered; or v1's clustering of the backbone (``first_targets``), made
+        before the bank's pass moves the BatchNorm statistics."""
         self.assignments = None
-        refresh = self.refresh_targets(run, 0)
+        backbone_clustering = None
+        if self.config.first_targets == "backbone":
+            backbone_clustering = cluster_backbone(self.model.backbone, self.eval_set,
+                                                   self.eval_batch, self.config, self.fabric,
+                                                   self.config.seed, feature_sink=run.feature_sink)
+        seconds = 0.0
+        if self.config.bank == "training":
+            order = shuffled_order(self.memory.shape[1], self.config.seed, self.fabric.world_size)
+            seconds = run.forward_pass(order, self.remember)
+            self.after_pass(order, self.fabric.world_size)
+        if backbone_clustering is None:
+            refresh = self.refresh_targets(run, 0)
+        else:
+            refresh = self.start_from(*backbone_clustering, run)
         refresh.seconds["train_s"] = seconds
         return refresh
+
+    def start_from(self, clustering: ClusteringResult, extract_s: float,
+                   run: RunContext) -> Refresh:
+        """Every set's first targets are ``clustering``'s ids; set s's prototypes are the
+        normalised mean of each cluster's embeddings in bank s mod banks (an empty cluster keeps
+        its random prototype)."""
+        if self.config.bank == "clean":
+            extract_s += self.embed_clean()
+        ids = torch.from_numpy(clustering.assignments.astype(np.int64))
+        filled = torch.bincount(ids, minlength=self.config.k) > 0
+        prototypes = self.model.prototypes.detach().cpu().clone()
+        for s in range(len(prototypes)):
+            bank = self.memory[s % len(self.memory)]
+            sums = torch.zeros_like(prototypes[s]).index_add_(0, ids, bank)
+            prototypes[s, filled] = nn.functional.normalize(sums[filled], dim=1)
+        self.model.prototypes.copy_(prototypes)
+        refresh = clustering_refresh(clustering, None, run.data.labels, extract_s=extract_s)
+        self.set_assignments(ids.repeat(len(prototypes), 1))
+        return refresh
+
+    def embed_clean(self) -> float:
+        """Fill every bank with each image's embedding without augmentation (eval mode); the
+        seconds it took."""
+        start = time.perf_counter()
+        embed = nn.Sequential(self.model.backbone, self.model.projector)
+        with self.fabric.autocast():
+            embeddings, _ = extract_global(embed, self.eval_set, self.config.extract_batch_size,
+                                           self.config.workers, self.fabric.device,
+                                           progress=self.fabric.is_global_zero,
+                                           batch_transform=self.eval_batch,
+                                           shard=is_distributed())
+        embeddings = torch.from_numpy(gather_rows(embeddings))
+        self.memory[:] = nn.functional.normalize(embeddings, dim=1)
+        return time.perf_counter() - start
 
     def epoch_order(self, epoch: int, world: int) -> Sequence[int]:
         return shuffled_order(self.memory.shape[1], self.config.seed + epoch + 1, world)
@@ -149,7 +204,8 @@ class DeepClusterV2(Method):
 
     def refresh_targets(self, run: RunContext, epoch: int) -> Refresh:
         """Cluster the memory bank (seed of ``epoch``); the first set stands for the epoch in the
-        log (no extraction pass: extract_s is 0)."""
+        log (extract_s: the clean pass, 0 without one)."""
+        extract_s = self.embed_clean() if self.config.bank == "clean" else 0.0
         start = time.perf_counter()
         check_finite(self.memory, "the memory bank's embeddings")
         assignments, prototypes = cluster_memory(self.memory.to(self.fabric.device), self.config.k,
@@ -159,7 +215,7 @@ class DeepClusterV2(Method):
         self.model.prototypes.copy_(prototypes)
         first = ClusteringResult(assignments[0].cpu().numpy(), prototypes[0].cpu().numpy(),
                                  float("nan"), time.perf_counter() - start)
-        refresh = clustering_refresh(first, self.assignments, run.data.labels, extract_s=0.0)
+        refresh = clustering_refresh(first, self.assignments, run.data.labels, extract_s=extract_s)
         self.set_assignments(assignments)
         return refresh
 
