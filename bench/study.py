@@ -1,0 +1,184 @@
+"""The feature-quality study of issue 15: levers of DeepCluster v1 and v2 on Fashion-MNIST.
+
+Every row is a preset with some fields changed and a number of epochs, pretrained with the
+project's own ``pretrain``, then judged as in ``bench/ablation.py``: weighted k-NN top-1 and the
+AvgPool linear probe top-1 on Fashion-MNIST test from the backbone's global feature, NMI of the
+last clustering with the labels, and, with ``--transfer``, the k-NN top-1 on MNIST (features
+learned on Fashion-MNIST, judged on digits). The seconds of pretraining come from the run's own
+``metrics.csv`` (train, extraction and clustering; the online k-NN is off). Runs already
+finished in ``--out`` are reused, so the study resumes where it stopped and grows as seeds are
+added. Prints a table (mean ± standard deviation over seeds) and writes JSON.
+
+    python bench/study.py --rows v2,v2-clean,v2-backbone --seeds 0,1 --threads 1
+    python bench/study.py --table-only --markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from ablation import avgpool_probe_top1  # bench/ablation.py, beside this script
+from deepcluster.benchmarks.knn import knn_top1, network_features
+from deepcluster.checkpoint import backbone_from_checkpoint, load_checkpoint, save_json
+from deepcluster.engine import pretrain
+from deepcluster.models import build_backbone
+from deepcluster.presets import get_preset
+
+V1, V2 = "fashion-mnist", "fashion-mnist-v2"
+
+# name -> (preset, epochs, changed fields); "random-init" is the untrained network.
+ROWS: dict[str, tuple[str, int, dict[str, Any]]] = {
+    "random-init": (V1, 0, {}),
+    # v1: the default preset (strong augmentation, lr 0.1, k = 100, PCA 64)
+    "v1": (V1, 6, {}),
+    "v1-lr0.2": (V1, 6, {"lr": 0.2}),
+    "v1-lr0.05": (V1, 6, {"lr": 0.05}),
+    "v1-k300": (V1, 6, {"k": 300}),
+    "v1-pca128": (V1, 6, {"pca_dim": 128}),
+    "v1-cosine": (V1, 6, {"lr_schedule": "cosine"}),
+    # v2: the preset (SwAV's recipe at 28 px, 3 epochs), then one lever at a time
+    "v2": (V2, 3, {}),
+    "v2-clean": (V2, 3, {"bank": "clean"}),
+    "v2-backbone": (V2, 3, {"first_targets": "backbone"}),
+    "v2-clean-backbone": (V2, 3, {"bank": "clean", "first_targets": "backbone"}),
+    "v2-no-small": (V2, 3, {"small_crops": 0}),
+    "v2-lr0.05": (V2, 3, {"lr": 0.05}),
+    "v2-warmup1": (V2, 3, {"warmup_epochs": 1.0}),
+}
+
+
+def run_row(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.out) / f"{name}-seed{seed}"
+    result_file = out / "row.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    preset, epochs, changes = ROWS[name]
+    config = get_preset(preset).override(epochs=max(epochs, 1), seed=seed, threads=args.threads,
+                                         knn_every=0, out=str(out / "pretrain"), **changes)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if epochs == 0:
+        torch.manual_seed(seed)  # the initialisation every run of this seed starts from
+        backbone, stats = build_backbone(config.arch, config.sobel).eval(), {}
+    else:
+        checkpoint = out / "pretrain" / "checkpoints" / "last.ckpt"
+        if not checkpoint.exists() or load_checkpoint(checkpoint)["epoch"] < epochs:
+            pretrain(config, progress=False)
+        backbone, _ = backbone_from_checkpoint(checkpoint)
+        stats = run_stats(out / "pretrain" / "metrics.csv")
+    row = {"row": name, "seed": seed, "preset": preset, "changes": changes, "epochs": epochs,
+           **evaluate(backbone, config.image_size, args.transfer), **stats}
+    save_json(row, result_file)
+    return row
+
+
+def evaluate(backbone: torch.nn.Module, image_size: int, transfer: bool) -> dict[str, float]:
+    train = network_features(backbone, image_size, "fashion-mnist", "train")
+    test = network_features(backbone, image_size, "fashion-mnist", "test")
+    scores = {"knn_top1": knn_top1(*train, *test), "linear_top1": avgpool_probe_top1(train, test)}
+    if transfer:
+        scores["mnist_knn_top1"] = knn_top1(*network_features(backbone, image_size, "mnist", "train"),
+                                            *network_features(backbone, image_size, "mnist", "test"))
+    return scores
+
+
+def run_stats(metrics_csv: Path) -> dict[str, float]:
+    """NMI of the first and last clustering with the labels, NMI of the last with the one before,
+    and the seconds of pretraining (every phase but the online k-NN) from a run's metrics.csv."""
+    with open(metrics_csv) as handle:
+        rows = list(csv.DictReader(handle))
+    seconds = sum(float(r[key]) for r in rows for key in ("train_s", "extract_s", "cluster_s")
+                  if r.get(key) not in (None, "", "nan"))
+    return {"nmi_first": float(rows[0]["nmi_labels"]), "nmi_labels": float(rows[-1]["nmi_labels"]),
+            "nmi_previous": float(rows[-1]["nmi_previous"]), "pretrain_s": seconds}
+
+
+COLUMNS = {"knn_top1": ("k-NN top-1", 2), "linear_top1": ("linear top-1", 2),
+           "mnist_knn_top1": ("MNIST k-NN", 2), "nmi_first": ("NMI first", 3),
+           "nmi_labels": ("NMI last", 3), "nmi_previous": ("NMI prev", 3),
+           "pretrain_s": ("pretrain s", 0)}
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds of every measured column, for every row name."""
+    summary = []
+    for name, (preset, epochs, changes) in ROWS.items():
+        of_row = [r for r in runs if r["row"] == name]
+        if not of_row:
+            continue
+        entry = {"row": name, "preset": preset, "epochs": epochs, "changes": changes,
+                 "seeds": [r["seed"] for r in of_row]}
+        for key in COLUMNS:
+            values = [r[key] for r in of_row if key in r]
+            if values:
+                entry[key] = statistics.mean(values)
+                entry[key + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        summary.append(entry)
+    return summary
+
+
+def cell(entry: dict[str, Any], key: str, digits: int) -> str:
+    if key not in entry or math.isnan(entry[key]):
+        return "-"
+    text = f"{entry[key]:.{digits}f}"
+    return text + (f" ± {entry[key + '_std']:.{digits}f}" if len(entry["seeds"]) > 1 else "")
+
+
+def print_table(summary: list[dict[str, Any]], markdown: bool) -> None:
+    headers = ["row", "preset", "epochs", "change", "seeds"] + [t for t, _ in COLUMNS.values()]
+    lines = [[e["row"], e["preset"], str(e["epochs"]),
+              json.dumps(e["changes"]) if e["changes"] else "-", str(len(e["seeds"]))] +
+             [cell(e, key, digits) for key, (_, digits) in COLUMNS.items()] for e in summary]
+    if markdown:
+        print("| " + " | ".join(headers) + " |")
+        print("|" + "---|" * len(headers))
+        for line in lines:
+            print("| " + " | ".join(c.replace("|", "/") for c in line) + " |")
+        return
+    table = Table(title="Feature-quality study on Fashion-MNIST (issue 15)")
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("row", "preset", "change") else "right")
+    for line in lines:
+        table.add_row(*line)
+    Console().print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--transfer", action="store_true", help="also the k-NN top-1 on MNIST")
+    parser.add_argument("--out", default="runs/study")
+    parser.add_argument("--json", default="bench/results/study.json")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument("--table-only", action="store_true",
+                        help="run nothing: the table of the runs already finished in --out")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    names = [n for n in args.rows.split(",") if n]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        parser.error(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+    for seed in ([] if args.table_only else (int(s) for s in args.seeds.split(","))):
+        for name in names:
+            print(json.dumps(run_row(name, seed, args)), flush=True)
+    finished = [json.loads(p.read_text()) for p in sorted(Path(args.out).glob("*/row.json"))]
+    summary = summarise(finished)
+    save_json({"rows": summary, "runs": finished}, args.json)
+    print_table(summary, args.markdown)
+
+
+if __name__ == "__main__":
+    main()
