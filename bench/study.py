@@ -47,14 +47,15 @@ ROWS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "v1-k300": (V1, 6, {"k": 300}),
     "v1-pca128": (V1, 6, {"pca_dim": 128}),
     "v1-cosine": (V1, 6, {"lr_schedule": "cosine"}),
-    # v2: the preset (SwAV's recipe at 28 px, 3 epochs), then one lever at a time
-    "v2": (V2, 3, {}),
-    "v2-clean": (V2, 3, {"bank": "clean"}),
-    "v2-backbone": (V2, 3, {"first_targets": "backbone"}),
-    "v2-clean-backbone": (V2, 3, {"bank": "clean", "first_targets": "backbone"}),
-    "v2-no-small": (V2, 3, {"small_crops": 0}),
-    "v2-lr0.05": (V2, 3, {"lr": 0.05}),
-    "v2-warmup1": (V2, 3, {"warmup_epochs": 1.0}),
+    # v2: SwAV's recipe at 28 px (the preset before this study: the first targets from the
+    # untrained network's bank), 3 epochs, then one lever at a time
+    "v2": (V2, 3, {"first_targets": "bank"}),
+    "v2-clean": (V2, 3, {"first_targets": "bank", "bank": "clean"}),
+    "v2-backbone": (V2, 3, {"first_targets": "backbone"}),  # the preset since this study
+    "v2-clean-backbone": (V2, 3, {"first_targets": "backbone", "bank": "clean"}),
+    "v2-no-small": (V2, 3, {"first_targets": "bank", "small_crops": 0}),
+    "v2-lr0.05": (V2, 3, {"first_targets": "bank", "lr": 0.05}),
+    "v2-warmup1": (V2, 3, {"first_targets": "bank", "warmup_epochs": 1.0}),
 }
 
 
