@@ -135,12 +135,11 @@ def test_v2_pretraining_learns_writes_v1_compatible_checkpoints_and_resumes(tmp_
         run(tmp_path, "v2", resume=result.checkpoint, epochs=3)
 
 
-
 def test_backbone_first_targets_are_v1s_first_clustering(tmp_path):
     """first_targets=backbone: epoch 1 trains on exactly the clustering v1 starts from (same seed,
     same untrained backbone, clustered before the bank's pass moves the BatchNorm statistics)."""
     options = dict(subset=200, k=10, pca_dim=16, kmeans_iters=5, batch_size=100, epochs=1,
-                   knn_every=0)
+                   knn_every=0)  # knn_every for the v1 run (SMALL has it for v2)
     v2 = run(tmp_path, "v2", first_targets="backbone", **options)
     v1 = pretrain(PretrainConfig(data="fashion-mnist", seed=5, out=str(tmp_path / "v1"), **options),
                   progress=False)

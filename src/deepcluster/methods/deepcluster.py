@@ -143,7 +143,6 @@ def clustering_refresh(clustering: ClusteringResult, previous: np.ndarray | None
         assignments=clustering.assignments)
 
 
-
 def cluster_backbone(backbone: nn.Module, images, batch_transform: nn.Module,
                      config: PretrainConfig, fabric: Fabric, seed: int, collate=None,
                      feature_sink=None) -> tuple[ClusteringResult, float]:

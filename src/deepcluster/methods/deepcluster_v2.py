@@ -195,12 +195,17 @@ class DeepClusterV2(Method):
 
     def loss(self, model: nn.Module, views: list[torch.Tensor],
              indices: torch.Tensor) -> torch.Tensor:
-        embeddings = self.remember(model, views, indices)
+        # A clean bank is refilled before every clustering: the training pass need not write it.
+        banked = self.config.bank == "training"
+        embeddings = self.remember(model, views, indices) if banked else model(views)
         return swapped_loss(embeddings, self.model.prototypes, self.targets[:, indices],
                             len(views), self.config.temperature)
 
     def after_pass(self, order: Sequence[int], world: int) -> None:
-        all_gather_columns(self.memory, [list(process_share(order, r, world)) for r in range(world)])
+        """Every process's bank rows of the pass, on every process."""
+        if self.config.bank == "training":
+            all_gather_columns(self.memory,
+                               [list(process_share(order, r, world)) for r in range(world)])
 
     def refresh_targets(self, run: RunContext, epoch: int) -> Refresh:
         """Cluster the memory bank (seed of ``epoch``); the first set stands for the epoch in the
