@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -44,6 +45,14 @@ def parse_overrides(pairs: list[str]) -> dict:
     return changes
 
 
+def stop_after(seconds: float) -> None:
+    """Interrupt the run as Ctrl-C would, ``seconds`` from now."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(int(seconds) + 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="fashion-mnist")
@@ -51,6 +60,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, required=True, help="enough to fill the largest budget")
     parser.add_argument("--minutes", default="15,60", help="comma-separated budgets")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--stop", action="store_true",
+                        help="stop pretraining when the largest budget has passed (for a run "
+                             "whose schedule does not depend on --epochs: a constant lr)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -62,7 +74,12 @@ def main() -> None:
     timing_file = out / "epoch_times.json"
     if not timing_file.exists():
         start = time.time()
-        pretrain(config, progress=False)
+        if args.stop:
+            stop_after(max(float(m) for m in args.minutes.split(",")) * 60)
+        try:
+            pretrain(config, progress=False)
+        except KeyboardInterrupt:  # the stop: the epochs it finished keep their checkpoints
+            print("stopped at the largest budget", flush=True)
         save_json({p.name: p.stat().st_mtime - start for p in sorted(checkpoints.glob("epoch_*.ckpt"))},
                   timing_file)
     times = json.loads(timing_file.read_text())

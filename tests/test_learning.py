@@ -6,7 +6,11 @@ trained network's k-NN beats the same network's random init.
 At a few hundred steps DeepCluster's k-NN first falls below the untrained network's (its
 features specialise to the first, poor clusterings) and overtakes it only after about two epochs
 of all 60,000 Fashion-MNIST images: the k-NN test is the long one (DEEPCLUSTER_LONG_TESTS=1,
-about 12 minutes on 2 cores), the NMI test runs in CI."""
+about 12 minutes on 2 cores), the NMI test runs in CI. DeepCluster-v2 does the same: with the
+preset's backbone start on 6,000 images (k = 30, one thread, fp32, 2026-12-02), the online k-NN
+(those 6,000 as the bank, the 10k test images) went 80.37 -> 78.04 after 3 epochs at batch 256,
+-> 79.29 after 6 epochs at batch 64 and -> 80.02 at lr 0.05, while NMI with the labels rose
+every epoch after the first."""
 
 import csv
 import os
