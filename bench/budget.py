@@ -80,6 +80,8 @@ def main() -> None:
             pretrain(config, progress=False)
         except KeyboardInterrupt:  # the stop: the epochs it finished keep their checkpoints
             print("stopped at the largest budget", flush=True)
+        finally:
+            signal.alarm(0)  # a run that ended before its stop must not be interrupted later
         save_json({p.name: p.stat().st_mtime - start for p in sorted(checkpoints.glob("epoch_*.ckpt"))},
                   timing_file)
     times = json.loads(timing_file.read_text())
