@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import platform
 import signal
 import time
 import warnings
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -29,6 +31,7 @@ from deepcluster.checkpoint import backbone_from_checkpoint, load_checkpoint, sa
 from deepcluster.config import PretrainConfig
 from deepcluster.presets import get_preset
 from deepcluster.engine import pretrain
+from deepcluster.engine.processes import cpu_has_bf16, resolve_precision
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -51,6 +54,19 @@ def stop_after(seconds: float) -> None:
         raise KeyboardInterrupt
     signal.signal(signal.SIGALRM, interrupt)
     signal.alarm(int(seconds) + 1)
+
+
+def machine(config: PretrainConfig) -> dict:
+    """What the budget figures depend on: the CPU (its family and model tell a Zen 3 from a Zen 4,
+    whose model names are both "AMD EPYC"), its bf16 arithmetic, the threads and the precision."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    first_cpu = dict(line.split(":", 1) for line in cpuinfo.split("\n\n")[0].splitlines() if ":" in line)
+    first_cpu = {key.strip(): value.strip() for key, value in first_cpu.items()}
+    return {"cpu": first_cpu.get("model name", platform.processor()),
+            "family": first_cpu.get("cpu family"), "model": first_cpu.get("model"),
+            "cpus": cpuinfo.count("processor\t"), "bf16": cpu_has_bf16(), "threads": config.threads,
+            "precision": resolve_precision(config.precision, config.accelerator),
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
 
 
 def main() -> None:
@@ -98,7 +114,8 @@ def main() -> None:
         rows.append({"budget_min": minutes, "epoch": epoch, "elapsed_s": times[name],
                      "knn_top1": knn, "linear_top1": linear, "nmi_labels": nmi.get(epoch)})
         print(json.dumps(rows[-1]), flush=True)
-    save_json({"preset": args.preset, "config": config.to_dict(), "rows": rows},
+    save_json({"preset": args.preset, "machine": machine(config), "config": config.to_dict(),
+               "rows": rows},
               out / "budget.json")
     table = Table(title=f"{args.preset} {' '.join(args.set)} within fixed budgets")
     for column in ("budget min", "epoch", "elapsed s", "k-NN top-1", "linear top-1", "NMI labels"):
