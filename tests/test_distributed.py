@@ -427,12 +427,14 @@ def test_deepcluster_v2_clean_bank_and_backbone_targets_on_two_processes_train_a
     name = "assignments/epoch_000.npy"
     np.testing.assert_array_equal(np.load(out / "v2-clean" / name),
                                   np.load(out / "single-v2-clean" / name))
-    # After the epoch the clean banks agree to float rounding, which moves a few of the spherical
-    # k-means' ids (see V2 above); the ranks agree exactly, as the clustering is broadcast.
+    # After the epoch the clean banks agree to float rounding, which moves some of the spherical
+    # k-means' ids (see V2 above); the ranks agree exactly, as the clustering is broadcast. How many
+    # move depends on the CPU's kernels: 3 % or fewer on a Zen 4, 6 % on a Zen 3 (AVX2). A bank
+    # that is not this run's agrees on far fewer: the plain v2 run's on 12 %, epoch 0's on 20 %.
     for rank in ranks:
         np.testing.assert_array_equal(rank["v2-clean"]["assignments"],
                                       ranks[0]["v2-clean"]["assignments"])
-    assert (ranks[0]["v2-clean"]["assignments"] == want["assignments"]).mean() >= 0.97
+    assert (ranks[0]["v2-clean"]["assignments"] == want["assignments"]).mean() >= 0.85
     # epoch 0 is v1's clustering of the backbone, not the bank's
     assert not np.array_equal(np.load(out / "v2-clean" / "assignments" / "epoch_000.npy"),
                               np.load(out / "v2" / "assignments" / "epoch_000.npy"))
