@@ -58,10 +58,14 @@ def stop_after(seconds: float) -> None:
 
 def machine(config: PretrainConfig) -> dict:
     """What the budget figures depend on: the CPU (its family and model tell a Zen 3 from a Zen 4,
-    whose model names are both "AMD EPYC"), its bf16 arithmetic, the threads and the precision."""
+    whose model names are both "AMD EPYC"), its bf16 arithmetic, the threads and the precision.
+    It is the machine this command runs on: one that reuses an earlier ``epoch_times.json``
+    only evaluates here."""
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    first_cpu = dict(line.split(":", 1) for line in cpuinfo.split("\n\n")[0].splitlines() if ":" in line)
-    first_cpu = {key.strip(): value.strip() for key, value in first_cpu.items()}
+    first_cpu = {}
+    for line in cpuinfo.split("\n\n")[0].splitlines():
+        key, _, value = line.partition(":")
+        first_cpu[key.strip()] = value.strip()
     return {"cpu": first_cpu.get("model name", platform.processor()),
             "family": first_cpu.get("cpu family"), "model": first_cpu.get("model"),
             "cpus": cpuinfo.count("processor\t"), "bf16": cpu_has_bf16(), "threads": config.threads,
