@@ -47,6 +47,9 @@ ROWS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "v1-k300": (V1, 6, {"k": 300}),
     "v1-pca128": (V1, 6, {"pca_dim": 128}),
     "v1-cosine": (V1, 6, {"lr_schedule": "cosine"}),
+    "v1-9ep": (V1, 9, {}),
+    "v1-k300-9ep": (V1, 9, {"k": 300}),
+    "v1-pca128-9ep": (V1, 9, {"pca_dim": 128}),
     # v2: SwAV's recipe at 28 px (the preset before this study: the first targets from the
     # untrained network's bank), 3 epochs, then one lever at a time
     "v2": (V2, 3, {"first_targets": "bank"}),
@@ -56,6 +59,17 @@ ROWS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "v2-no-small": (V2, 3, {"first_targets": "bank", "small_crops": 0}),
     "v2-lr0.05": (V2, 3, {"first_targets": "bank", "lr": 0.05}),
     "v2-warmup1": (V2, 3, {"first_targets": "bank", "warmup_epochs": 1.0}),
+    # the second round's v2 levers, each on top of the backbone start ("v2b" = v2-backbone)
+    "v2b-warmup1": (V2, 3, {"first_targets": "backbone", "warmup_epochs": 1.0}),
+    "v2b-lr0.2": (V2, 3, {"first_targets": "backbone", "lr": 0.2}),
+    "v2b-t0.05": (V2, 3, {"first_targets": "backbone", "temperature": 0.05}),
+    "v2b-t0.2": (V2, 3, {"first_targets": "backbone", "temperature": 0.2}),
+    "v2b-k300": (V2, 3, {"first_targets": "backbone", "k": 300}),
+    "v2b-sets1": (V2, 3, {"first_targets": "backbone", "prototype_sets": 1}),
+    "v2b-small16": (V2, 3, {"first_targets": "backbone", "small_crop_size": 16}),
+    "v2b-wd1e-4": (V2, 3, {"first_targets": "backbone", "weight_decay": 1e-4}),
+    # one large crop instead of two: about 0.6 of the epoch's cost, so 5 epochs take about 3's time
+    "v2b-large1-5ep": (V2, 5, {"first_targets": "backbone", "large_crops": 1}),
 }
 
 
