@@ -50,6 +50,8 @@ ROWS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "v1-9ep": (V1, 9, {}),
     "v1-k300-9ep": (V1, 9, {"k": 300}),
     "v1-pca128-9ep": (V1, 9, {"pca_dim": 128}),
+    # 1.5x the channels, about 2.25x an epoch's cost
+    "v1-wide": (V1, 6, {"arch": "small-cnn-wide"}),
     # v2: SwAV's recipe at 28 px (the preset before this study: the first targets from the
     # untrained network's bank), 3 epochs, then one lever at a time
     "v2": (V2, 3, {"first_targets": "bank"}),
@@ -70,6 +72,7 @@ ROWS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "v2b-wd1e-4": (V2, 3, {"first_targets": "backbone", "weight_decay": 1e-4}),
     # one large crop instead of two: about 0.6 of the epoch's cost, so 5 epochs take about 3's time
     "v2b-large1-5ep": (V2, 5, {"first_targets": "backbone", "large_crops": 1}),
+    "v2b-wide": (V2, 3, {"first_targets": "backbone", "arch": "small-cnn-wide"}),
 }
 
 

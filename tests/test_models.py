@@ -40,7 +40,8 @@ def test_resnet50_stage_maps_at_224():
 
 
 @pytest.mark.parametrize("arch,size", [("resnet18", 64), ("resnet18-small", 32), ("alexnet", 224),
-                                       ("vgg16", 64), ("small-cnn", 28)])
+                                       ("vgg16", 64), ("small-cnn", 28),
+                                       ("small-cnn-wide", 28)])
 @torch.no_grad()
 def test_every_backbone_has_five_maps_and_its_feature_dim(arch, size):
     backbone = build_backbone(arch, sobel=arch != "vgg16").eval()

@@ -148,6 +148,8 @@ ARCHITECTURES: dict[str, Callable[[int], Backbone]] = {
     "alexnet": _alexnet,
     "vgg16": _vgg16_bn,
     "small-cnn": _small_cnn,
+    # 1.5x the channels (about 2.25x the compute): the issue-15 study's wider backbone
+    "small-cnn-wide": lambda c: _small_cnn(c, width=48),
 }
 
 
