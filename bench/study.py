@@ -36,6 +36,9 @@ from deepcluster.models import build_backbone
 from deepcluster.presets import get_preset
 
 V1, V2 = "fashion-mnist", "fashion-mnist-v2"
+# Fields every row of a preset starts from. The v2 rows were run while fashion-mnist-v2 had k = 100;
+# the preset has k = 300 since (the v2b-k300 row), so the rows keep k = 100 and stay reproducible.
+BASE: dict[str, dict[str, Any]] = {V1: {}, V2: {"k": 100}}
 
 # name -> (preset, epochs, changed fields); "random-init" is the untrained network.
 ROWS: dict[str, tuple[str, int, dict[str, Any]]] = {
@@ -56,7 +59,7 @@ ROWS: dict[str, tuple[str, int, dict[str, Any]]] = {
     # untrained network's bank), 3 epochs, then one lever at a time
     "v2": (V2, 3, {"first_targets": "bank"}),
     "v2-clean": (V2, 3, {"first_targets": "bank", "bank": "clean"}),
-    "v2-backbone": (V2, 3, {"first_targets": "backbone"}),  # the preset since this study
+    "v2-backbone": (V2, 3, {"first_targets": "backbone"}),  # the preset after the first round
     "v2-clean-backbone": (V2, 3, {"first_targets": "backbone", "bank": "clean"}),
     "v2-no-small": (V2, 3, {"first_targets": "bank", "small_crops": 0}),
     "v2-lr0.05": (V2, 3, {"first_targets": "bank", "lr": 0.05}),
@@ -66,7 +69,7 @@ ROWS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "v2b-lr0.2": (V2, 3, {"first_targets": "backbone", "lr": 0.2}),
     "v2b-t0.05": (V2, 3, {"first_targets": "backbone", "temperature": 0.05}),
     "v2b-t0.2": (V2, 3, {"first_targets": "backbone", "temperature": 0.2}),
-    "v2b-k300": (V2, 3, {"first_targets": "backbone", "k": 300}),
+    "v2b-k300": (V2, 3, {"first_targets": "backbone", "k": 300}),  # the preset since the second
     "v2b-sets1": (V2, 3, {"first_targets": "backbone", "prototype_sets": 1}),
     "v2b-small16": (V2, 3, {"first_targets": "backbone", "small_crop_size": 16}),
     "v2b-wd1e-4": (V2, 3, {"first_targets": "backbone", "weight_decay": 1e-4}),
@@ -83,7 +86,8 @@ def run_row(name: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         return json.loads(result_file.read_text())
     preset, epochs, changes = ROWS[name]
     config = get_preset(preset).override(epochs=max(epochs, 1), seed=seed, threads=args.threads,
-                                         knn_every=0, out=str(out / "pretrain"), **changes)
+                                         knn_every=0, out=str(out / "pretrain"),
+                                         **{**BASE[preset], **changes})
     if args.threads:
         torch.set_num_threads(args.threads)
     if epochs == 0:
