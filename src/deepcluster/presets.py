@@ -5,30 +5,30 @@ from __future__ import annotations
 
 from .config import PretrainConfig
 
+# The default: learns visibly on Fashion-MNIST within about ten minutes on a 2-core CPU.
+# Precision "auto": bf16 convolutions are 1.5x faster on CPUs with AVX-512 BF16 (and on GPUs)
+# but about 6x slower on CPUs without it (a Zen 3), which get 32-true.
+# The augmentation is the one docs/ablation.md found best (crop scale 0.14-1, flip, jitter).
+# PCA 128 rather than 64: k-NN +0.4 at 6 epochs and at 9 (docs/study.md, 2 seeds each).
+FASHION_MNIST = PretrainConfig(precision="auto", augmentation="strong", pca_dim=128)
+
+# DeepCluster-v2 on the same data: 3 x 300 prototypes, 2 x 28 px + 2 x 12 px crops, cosine
+# schedule after a half-epoch warm-up. The first targets are v1's clustering of the untrained
+# backbone, not the clusters of a random projector (docs/study.md: +1.2 k-NN, +1.1 linear
+# over SwAV's first targets in 3 epochs, 2 seeds); k = 300 adds 0.2 k-NN over 100 (2 seeds).
+FASHION_MNIST_V2 = PretrainConfig(
+    method="deepcluster-v2", precision="auto", kmeans_iters=10, lr_schedule="cosine",
+    warmup_epochs=0.5, epochs=3, first_targets="backbone", k=300)
+
 PRESETS: dict[str, PretrainConfig] = {
-    # The default: learns visibly on Fashion-MNIST within about ten minutes on a 2-core CPU.
-    # Precision "auto": bf16 convolutions are 1.5x faster on CPUs with AVX-512 BF16 (and on GPUs)
-    # but about 6x slower on CPUs without it (a Zen 3), which get 32-true.
-    # The augmentation is the one docs/ablation.md found best (crop scale 0.14-1, flip, jitter).
-    # PCA 128 rather than 64: k-NN +0.4 at 6 epochs and at 9 (docs/study.md, 2 seeds each).
-    "fashion-mnist": PretrainConfig(precision="auto", augmentation="strong", pca_dim=128),
+    "fashion-mnist": FASHION_MNIST,
     # The same for a user with an hour: 40 epochs (docs/ablation.md: what 15 and 60 minutes reach).
-    "quality": PretrainConfig(precision="auto", augmentation="strong", pca_dim=128, epochs=40,
-                              out="runs/quality"),
-    # DeepCluster-v2 on the same data: 3 x 300 prototypes, 2 x 28 px + 2 x 12 px crops, cosine
-    # schedule after a half-epoch warm-up. The first targets are v1's clustering of the untrained
-    # backbone, not the clusters of a random projector (docs/study.md: +1.2 k-NN, +1.1 linear
-    # over SwAV's first targets in 3 epochs, 2 seeds); k = 300 adds 0.2 k-NN over 100 (2 seeds).
-    "fashion-mnist-v2": PretrainConfig(
-        method="deepcluster-v2", precision="auto", kmeans_iters=10, lr_schedule="cosine",
-        warmup_epochs=0.5, epochs=3, first_targets="backbone", k=300),
+    "quality": FASHION_MNIST.override(epochs=40, out="runs/quality"),
+    "fashion-mnist-v2": FASHION_MNIST_V2,
     # The same recipe on 1.5x the channels (docs/study.md, the v2b-wide row: linear probe 88.19
-    # and 88.01 over 2 seeds, 1.1 above the narrow network, in 8 minutes on both cores). k = 100
-    # as measured; an epoch costs about 2.5x the narrow one's, so it is not the demo's preset.
-    "quality-v2": PretrainConfig(
-        method="deepcluster-v2", precision="auto", kmeans_iters=10, lr_schedule="cosine",
-        warmup_epochs=0.5, epochs=3, first_targets="backbone", k=100, arch="small-cnn-wide",
-        out="runs/quality-v2"),
+    # and 88.01 over 2 seeds, 1.0 above the narrow network, 3 epochs in 494 s on both cores).
+    # k = 100 as measured; an epoch costs about 2.5x the narrow one's, so it is not the demo's.
+    "quality-v2": FASHION_MNIST_V2.override(arch="small-cnn-wide", k=100, out="runs/quality-v2"),
     # The MMSelfSup recipe (configs/selfsup/deepcluster, 8 GPUs x 64 images).
     "imagenet-resnet50-sobel": PretrainConfig(
         data="imagenet/train", arch="resnet50", sobel=True, image_size=224,
