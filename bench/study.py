@@ -56,6 +56,8 @@ ROWS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "v1-pca128-9ep": (V1, 9, {"pca_dim": 128}),
     # 1.5x the channels, about 2.25x an epoch's cost
     "v1-wide": (V1, 6, {"arch": "small-cnn-wide"}),
+    # half the batch at half the lr (the linear scaling rule): twice the steps per epoch
+    "v1-pca128-b128": (V1, 6, {"pca_dim": 128, "batch_size": 128, "lr": 0.05}),
     # v2: SwAV's recipe at 28 px (the preset before this study: the first targets from the
     # untrained network's bank), 3 epochs, then one lever at a time
     "v2": (V2, 3, {"first_targets": "bank"}),
@@ -77,6 +79,9 @@ ROWS: dict[str, tuple[str, int, dict[str, Any]]] = {
     # one large crop instead of two: about 0.6 of the epoch's cost, so 5 epochs take about 3's time
     "v2b-large1-5ep": (V2, 5, {"first_targets": "backbone", "large_crops": 1}),
     "v2b-wide": (V2, 3, {"first_targets": "backbone", "arch": "small-cnn-wide"}),
+    # the two levers that raised the MNIST transfer most, together
+    "v2b-wide-t0.2": (V2, 3, {"first_targets": "backbone", "arch": "small-cnn-wide",
+                              "temperature": 0.2}),
 }
 
 
