@@ -10,7 +10,6 @@ from rich.table import Table
 
 from ..checkpoint import load_checkpoint, save_json
 from ..config import METHODS, PretrainConfig, default_of, load_yaml_config, uses
-from ..distributed import rank_and_world
 from ..engine import pretrain as run_pretrain
 from ..engine.checkpoints import checkpoint_path
 from ..engine.resume import find_checkpoint, resumed_config
@@ -56,7 +55,7 @@ def pretrain(preset: str | None, config_file: str | None, resume: str | None, **
     """Train a network with DeepCluster, DeepCluster-v2 or the supervised baseline."""
     config, checkpoint = run_config(preset, config_file, resume, overrides)
     result = run_pretrain(config, resume=checkpoint)
-    if not _other_rank():
+    if result.rank == 0:
         console.print(f"checkpoint: {result.checkpoint}")
 
 
@@ -81,11 +80,6 @@ def run_config(preset: str | None, config_file: str | None, resume: str | None,
         raise click.ClickException(f"{config.out} already holds a run ({last}); pass --resume auto "
                                    f"(or --resume {last}) to continue it, or another --out")
     return config, None
-
-
-def _other_rank() -> bool:
-    """Whether this is a process other than rank 0 of a multi-process run."""
-    return rank_and_world()[0] > 0
 
 
 @main.command()

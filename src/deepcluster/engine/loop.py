@@ -30,7 +30,8 @@ from lightning.fabric import Fabric
 from ..atomic import atomic_write
 from ..checkpoint import save_npy
 from ..config import PretrainConfig
-from ..distributed import barrier, broadcast_object, count_nonfinite, mean_over_processes
+from ..distributed import (barrier, broadcast_object, count_nonfinite, end_processes,
+                           mean_over_processes)
 from ..errors import Diverged
 from ..methods import get_method
 from ..methods.base import Method, Refresh, RunContext
@@ -52,6 +53,7 @@ class PretrainResult:
     checkpoint: Path
     history: list[dict[str, Any]]
     assignments: np.ndarray | None  # the last cluster ids (None for the supervised baseline)
+    rank: int = 0  # this process's rank in the run (its processes have ended on return)
 
 
 def pretrain(config: PretrainConfig, resume: str | Path | None = None,
@@ -74,13 +76,15 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None,
     try:
         engine = Engine(config, fabric, get_method(config.method)(config, fabric), progress)
         try:
-            return engine.run(state)
+            result = engine.run(state)
         finally:
             engine.history.close()
             barrier()  # rank 0's files are complete when any process returns
     finally:
         if lock:
             lock.release()
+    end_processes()  # only after a clean finish: see end_processes
+    return result
 
 
 def saved_history(state: dict[str, Any], config: PretrainConfig) -> list[dict[str, Any]]:
@@ -142,7 +146,7 @@ class Engine:
         if self.fabric.is_global_zero and self.progress:
             console.print(history_table(self.history.rows, self.method.title))
         last = refresh.assignments if refresh is not None else None
-        return PretrainResult(checkpoint_path(self.out), self.history.rows, last)
+        return PretrainResult(checkpoint_path(self.out), self.history.rows, last, self.rank)
 
     def restore(self, state: dict[str, Any]) -> int:
         """The model, optimiser, method state, random stream and history of a checkpoint; returns
