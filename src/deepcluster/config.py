@@ -34,12 +34,14 @@ PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 CONFIG_VERSION = 2
 BANKS = ("training", "clean")  # DeepCluster-v2's memory bank
 FIRST_TARGETS = ("bank", "backbone")
+V1_FIELDS_SINCE_VERSION_2 = ("small_crops", "small_crop_size")
 
 
 def option(default: Any, help: str, methods: tuple[str, ...] = COMMON, resume: bool = False,
            choices: tuple[str, ...] | None = None, minimum: float | None = None) -> Any:
-    """A config field: its default, help, the methods that use it, whether it may change on
-    resume, and its allowed values. Method-specific fields default to None (resolved later)."""
+    """A config field: its default (or a dict of each method's), help, the methods that use it,
+    whether it may change on resume, and its allowed values. Method-specific fields default to
+    None (resolved later)."""
     metadata = {"help": help, "methods": methods, "resume": resume, "default": default,
                 "choices": choices, "minimum": minimum}
     return field(default=default if methods == COMMON else None, metadata=metadata)
@@ -85,6 +87,8 @@ class PretrainConfig:
     feature_memory_gb: float = option(2.0, "with streaming_pca: hold the full-width features in memory up to this many GiB per process, beyond it spill them to a temporary file in float16 (0: always spill)", methods=(V1, V2), resume=True, minimum=0)
     kmeans_backend: str = option("faiss", "k-means implementation of the backbone's clustering (v2: with first_targets=backbone; its bank's spherical k-means is torch's)", methods=(V1, V2), choices=KMEANS_BACKENDS)
     extract_batch_size: int = option(512, "batch size of the extraction pass (v2: of its clean passes)", methods=(V1, V2), resume=True, minimum=1)
+    small_crops: int = option({V1: 0, V2: 2}, "extra small crops per image (SwAV's multi-crop), each trained on with the image's target; v1 adds them to its one view and needs augmentation strong", methods=(V1, V2), minimum=0)
+    small_crop_size: int = option(0, "side of the small crops in pixels (0: 3/7 of image_size, as 96 is of 224)", methods=(V1, V2), minimum=0)
     # --- DeepCluster (v1) -----------------------------------------------------------------------
     reset_head: bool = option(True, "re-initialise the classifier head before every epoch (the cluster ids change meaning at each clustering)", methods=(V1,))
     decode_on_device: bool = option(False, "loader reads only the files' bytes; JPEGs are decoded, cropped and resized on the training device (nvJPEG on a GPU); image files only", methods=(V1,), resume=True)
@@ -94,8 +98,6 @@ class PretrainConfig:
     projection_hidden: int = option(512, "hidden width of the projection MLP", methods=(V2,), minimum=1)
     temperature: float = option(0.1, "softmax temperature of the embedding-prototype similarities", methods=(V2,), minimum=1e-300)
     large_crops: int = option(2, "full-size crops per image (each keeps its own memory bank)", methods=(V2,), minimum=1)
-    small_crops: int = option(2, "extra small crops per image (multi-crop)", methods=(V2,), minimum=0)
-    small_crop_size: int = option(0, "side of the small crops in pixels (0: 3/7 of image_size, as 96 is of 224)", methods=(V2,), minimum=0)
     bank: str = option("training", "what each clustering clusters: training (the large crops' embeddings written during the last training pass, as SwAV does) or clean (one pass over the images without augmentation, in eval mode, before every clustering)", methods=(V2,), choices=BANKS)
     first_targets: str = option("bank", "the first epoch's targets: bank (the clusters of the untrained network's embeddings) or backbone (v1's clustering of the backbone's PCA-whitened features, for every set; its prototypes are the clusters' mean embeddings)", methods=(V2,), choices=FIRST_TARGETS)
 
@@ -109,7 +111,7 @@ class PretrainConfig:
                                      f"method {self.method!r} does not use it")
                 continue
             if value is None:
-                value = spec.metadata["default"]
+                value = method_default(spec, self.method)
                 object.__setattr__(self, spec.name, value)
             check_value(spec, value)
 
@@ -191,8 +193,11 @@ def upgrade_version_1(values: dict[str, Any]) -> dict[str, Any]:
     by_name = {f.name: f for f in fields(PretrainConfig)}
     upgraded = {name: value for name, value in values.items()
                 if name not in by_name or method in by_name[name].metadata["methods"]}
-    if method == V1 and upgraded.get("lr_schedule") == "cosine":
-        upgraded["lr_schedule"] = "cosine-epoch"
+    if method == V1:
+        if upgraded.get("lr_schedule") == "cosine":
+            upgraded["lr_schedule"] = "cosine-epoch"
+        for name in V1_FIELDS_SINCE_VERSION_2:  # then v2's alone: v1 had no multi-crop
+            upgraded.pop(name, None)
     return upgraded
 
 
@@ -202,9 +207,18 @@ def resumable_fields() -> tuple[str, ...]:
 
 
 def default_of(name: str) -> Any:
-    """A field's default for the methods that use it."""
+    """A field's default for the methods that use it (per method, where they differ)."""
     spec = {f.name: f for f in fields(PretrainConfig)}[name]
-    return spec.metadata["default"] if spec.default is None else spec.default
+    default = spec.metadata["default"] if spec.default is None else spec.default
+    if isinstance(default, dict):
+        return ", ".join(f"{value} ({method})" for method, value in default.items())
+    return default
+
+
+def method_default(spec: Field, method: str) -> Any:
+    """The default of field ``spec`` for ``method``."""
+    default = spec.metadata["default"]
+    return default[method] if isinstance(default, dict) else default
 
 
 def load_yaml_config(path: str | Path, base: PretrainConfig | None = None) -> PretrainConfig:

@@ -7,7 +7,8 @@ Before the first epoch and after each one, the whole training set is clustered:
 Each epoch then:
   4. samples the same number of images from every non-empty cluster;
   5. re-initialises the linear head (which has no momentum);
-  6. trains backbone and head with cross-entropy on the pseudo-labels, with augmentation.
+  6. trains backbone and head with cross-entropy on the pseudo-labels, with augmentation
+     (with ``small_crops``, also on small crops of each image: SwAV's multi-crop).
 
 Across processes (the engine shards step 4's order and averages the gradients), step 1 extracts
 each process's contiguous shard, the streaming PCA's sums are all-reduced, and step 3 runs either
@@ -35,8 +36,8 @@ from ..features import extract_global, extract_whitened
 from ..models import DeepClusterModel, build_backbone, reset_head
 from ..sampler import padded_length, uniform_cluster_indices
 from ..sharded_clustering import cluster_shards
-from ..transforms import (ChannelsLast, device_decode_pipeline, extraction_pipeline, is_small,
-                          training_pipeline)
+from ..transforms import (ChannelsLast, PerView, Pipeline, device_decode_pipeline,
+                          extraction_pipeline, is_small, multicrop_pipeline, training_pipeline)
 from .base import Method, Refresh, RunContext, TrainingData, check_finite
 
 
@@ -53,20 +54,36 @@ class DeepCluster(Method):
         else:
             # Small images held in memory are augmented a whole batch at a time (much faster).
             in_memory = isinstance(images, ArrayImageDataset) and is_small(config.image_size)
-            pipeline = training_pipeline(config.augmentation, config.image_size, in_memory)
+            pipeline = self._training_pipeline(in_memory)
             extraction = extraction_pipeline(config.image_size, in_memory)
             train = (images.with_transform(pipeline.sample), pipeline.batch)
             extract = (images.with_transform(extraction.sample), extraction.batch)
             collate = None
         if config.channels_last:
-            train = (train[0], nn.Sequential(train[1], ChannelsLast()))
+            layout = PerView(ChannelsLast()) if config.small_crops else ChannelsLast()
+            train = (train[0], nn.Sequential(train[1], layout))
             extract = (extract[0], nn.Sequential(extract[1], ChannelsLast()))
         self.eval_set, self.eval_batch = extract[0], extract[1].to(self.fabric.device)
         self.collate = collate
         return TrainingData(train[0], train[1], images.targets, collate)
 
+    def _training_pipeline(self, in_memory: bool) -> Pipeline:
+        """The augmentation; with small crops, SwAV's multi-crop: one view of the strong
+        augmentation (its crop is multi-crop's large view) and ``small_crops`` small views."""
+        config = self.config
+        if not config.small_crops:
+            return training_pipeline(config.augmentation, config.image_size, in_memory)
+        if config.augmentation != "strong":
+            raise ValueError(f"small_crops={config.small_crops} adds small views to the strong "
+                             f"augmentation's view; augmentation={config.augmentation!r} is not "
+                             "'strong'")
+        return multicrop_pipeline(config.image_size, 1, config.small_crops,
+                                  config.small_crop_size, in_memory)
+
     def _decoded_on_device(self, images) -> tuple[tuple, tuple, Any]:
         """The files' bytes for the loader; decoding, crops and augmentation on the device."""
+        if self.config.small_crops:
+            raise ValueError("decode_on_device makes one view per image; small_crops must be 0")
         if not isinstance(images, ImageFileDataset):
             raise ValueError(f"decode_on_device reads image files; data={self.config.data!r} is "
                              "held in memory (pass a folder or list file of JPEGs)")
@@ -99,8 +116,14 @@ class DeepCluster(Method):
         return uniform_cluster_indices(self.assignments, padded_length(len(self.assignments), world),
                                        seed=self.config.seed + epoch)
 
-    def loss(self, model: nn.Module, inputs: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(model(inputs), self.targets[indices])
+    def loss(self, model: nn.Module, inputs: torch.Tensor | list[torch.Tensor],
+             indices: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on the pseudo-labels; with multi-crop, its mean over the views (each
+        view of its own size, so one forward pass each)."""
+        targets = self.targets[indices]
+        if isinstance(inputs, torch.Tensor):
+            return nn.functional.cross_entropy(model(inputs), targets)
+        return sum(nn.functional.cross_entropy(model(view), targets) for view in inputs) / len(inputs)
 
     def refresh_targets(self, run: RunContext, epoch: int) -> Refresh:
         """Steps 1-3 with the seed of ``epoch`` (0: the untrained network)."""
