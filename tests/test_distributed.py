@@ -281,6 +281,8 @@ def _worker(rank, port, out, runs):
     # What Fabric's own launcher sets for the processes it starts (devices=2 on one node).
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank),
                       NODE_RANK="0")
+    # The group is this worker's: every run joins it, and leaves it open for the next one.
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     results = {}
     for name, batchnorm, changes, resume in runs:
         changes = dict(changes)

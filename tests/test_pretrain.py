@@ -178,3 +178,35 @@ def test_small_crops_default_per_method_and_old_v1_configs_stay_single_view():
     # version-1 configs held every field of every method: v2's small_crops=2 was not v1's
     old = PretrainConfig.from_dict({"method": "deepcluster", "small_crops": 2, "small_crop_size": 0})
     assert old.small_crops == 0
+
+
+def test_hidden_layer_is_kept_across_epochs_and_resumes(tmp_path):
+    # --head-hidden puts Linear-BatchNorm-ReLU before the classifier: the epoch's fresh start
+    # re-initialises the classifier only, and the checkpoint carries the hidden layer, so a
+    # resumed run trains its second epoch as the uninterrupted one.
+    options = dict(subset=256, k=8, batch_size=64, extract_batch_size=256, head_hidden=32)
+    full = run(tmp_path, "h-full", epochs=2, **options)
+    first = run(tmp_path, "h-split", epochs=1, **options)
+    resumed = run(tmp_path, "h-split", resume=first.checkpoint, epochs=2, **options)
+    np.testing.assert_array_equal(resumed.assignments, full.assignments)
+    assert resumed.history[2]["loss"] == full.history[2]["loss"]
+    state = load_checkpoint(first.checkpoint)
+    assert state["hidden"]["0.weight"].shape == (32, 256)
+    assert state["head"]["weight"].shape == (8, 32)
+
+    from lightning.fabric import Fabric
+    from deepcluster.methods.deepcluster import DeepCluster
+
+    config = PretrainConfig(**{**SMALL, **options, "out": str(tmp_path / "u")})
+    method = DeepCluster(config, Fabric(accelerator="cpu", devices=1))
+    model = method.build_model()
+    model.load_state_dict({**{f"hidden.{k}": v for k, v in state["hidden"].items()},
+                           **{f"head.{k}": v for k, v in state["head"].items()},
+                           **{f"backbone.{k}": v for k, v in state["backbone"].items()}})
+    hidden = {k: v.clone() for k, v in model.hidden.state_dict().items()}
+    head = model.head.weight.clone()
+    method.before_epoch(1)
+    for name, value in model.hidden.state_dict().items():
+        torch.testing.assert_close(value, hidden[name])
+    assert not torch.equal(model.head.weight, head)
+    assert model.head.weight.std().item() == pytest.approx(0.01, rel=0.2)

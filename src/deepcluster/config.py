@@ -91,6 +91,7 @@ class PretrainConfig:
     small_crop_size: int = option(0, "side of the small crops in pixels (0: 3/7 of image_size, as 96 is of 224)", methods=(V1, V2), minimum=0)
     # --- DeepCluster (v1) -----------------------------------------------------------------------
     reset_head: bool = option(True, "re-initialise the classifier head before every epoch (the cluster ids change meaning at each clustering)", methods=(V1,))
+    head_hidden: int = option(0, "width of a hidden layer (Linear, BatchNorm, ReLU) between the backbone's feature and the classifier, kept across epochs (only the classifier is re-initialised); 0: the classifier alone", methods=(V1,), minimum=0)
     decode_on_device: bool = option(False, "loader reads only the files' bytes; JPEGs are decoded, cropped and resized on the training device (nvJPEG on a GPU); image files only", methods=(V1,), resume=True)
     # --- DeepCluster-v2 -------------------------------------------------------------------------
     prototype_sets: int = option(3, "number of spherical k-means runs, each giving a set of k prototypes", methods=(V2,), minimum=1)

@@ -49,12 +49,17 @@ def barrier() -> None:
         dist.barrier()
 
 
+def has_process_group() -> bool:
+    """Whether torch.distributed's default process group exists."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def end_processes() -> None:
     """Destroy the process group, once every process is done with it. Without this, a process
     that exits while gloo's worker threads still run may abort (SIGABRT, "terminate called
     without an active exception") when a peer exited first; call it only after a clean finish,
     since a peer still inside a collective would wait on it for ever."""
-    if dist.is_available() and dist.is_initialized():
+    if has_process_group():
         dist.destroy_process_group()
 
 

@@ -164,17 +164,23 @@ def build_backbone(arch: str, sobel: bool = False) -> Backbone:
 
 
 class DeepClusterModel(nn.Module):
-    """A backbone and the linear head that predicts cluster ids."""
+    """A backbone and the linear head that predicts cluster ids; with ``hidden``, a hidden layer
+    (Linear, BatchNorm, ReLU) between them, as the original AlexNet's fc6-fc7 stand between its
+    convolutions and its classifier."""
 
-    def __init__(self, backbone: Backbone, num_clusters: int):
+    def __init__(self, backbone: Backbone, num_clusters: int, hidden: int = 0):
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Linear(backbone.feature_dim, num_clusters)
+        self.hidden = (nn.Sequential(nn.Linear(backbone.feature_dim, hidden),
+                                     nn.BatchNorm1d(hidden), nn.ReLU(inplace=True))
+                       if hidden else nn.Identity())
+        self.head = nn.Linear(hidden or backbone.feature_dim, num_clusters)
         reset_head(self.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.backbone(x)
-        return self.head(torch.relu(features) if self.backbone.relu_before_head else features)
+        features = torch.relu(features) if self.backbone.relu_before_head else features
+        return self.head(self.hidden(features))
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ from ..atomic import atomic_write
 from ..checkpoint import save_npy
 from ..config import PretrainConfig
 from ..distributed import (barrier, broadcast_object, count_nonfinite, end_processes,
-                           mean_over_processes)
+                           has_process_group, mean_over_processes)
 from ..errors import Diverged
 from ..methods import get_method
 from ..methods.base import Method, Refresh, RunContext
@@ -68,6 +68,7 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None,
         except NothingToDo as done:
             console.print(str(done))
             return PretrainResult(Path(resume), saved_history(state, config), None)
+    callers_group = has_process_group()  # a process group the caller started stays open
     fabric = start_processes(config)
     lock = RunLock(config.out) if fabric.is_global_zero else None
     in_use = broadcast_object(lock.acquire() if lock else None)  # every process stops, or none
@@ -83,7 +84,8 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None,
     finally:
         if lock:
             lock.release()
-    end_processes()  # only after a clean finish: see end_processes
+    if not callers_group:
+        end_processes()  # only after a clean finish: see end_processes
     return result
 
 

@@ -95,13 +95,14 @@ class DeepCluster(Method):
 
     def build_model(self) -> nn.Module:
         self.model = DeepClusterModel(build_backbone(self.config.arch, self.config.sobel),
-                                      self.config.k)
+                                      self.config.k, self.config.head_hidden)
         return self.model
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        """Momentum for the backbone; the head, re-initialised every epoch, gets none."""
-        return [{"params": [p for p in model.backbone.parameters() if p.requires_grad],
-                 "momentum": self.config.momentum},
+        """Momentum for the backbone (and the hidden layer); the head, re-initialised every
+        epoch, gets none."""
+        kept = [*model.backbone.parameters(), *model.hidden.parameters()]
+        return [{"params": [p for p in kept if p.requires_grad], "momentum": self.config.momentum},
                 {"params": model.head.parameters(), "momentum": 0.0}]
 
     def initial_targets(self, run: RunContext) -> Refresh:
@@ -144,11 +145,14 @@ class DeepCluster(Method):
                                 self.fabric, seed, self.collate, feature_sink)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"head": self.model.head.state_dict(),
+        hidden = {"hidden": self.model.hidden.state_dict()} if self.config.head_hidden else {}
+        return {"head": self.model.head.state_dict(), **hidden,
                 "assignments": torch.from_numpy(self.assignments.astype(np.int64))}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.head.load_state_dict(state["head"])
+        if self.config.head_hidden:
+            self.model.hidden.load_state_dict(state["hidden"])
         self.set_assignments(state["assignments"].numpy())
 
 
