@@ -3,8 +3,9 @@
 Pretrains one preset (with overrides), keeping the checkpoint of every epoch; the wall time at
 which each epoch's checkpoint was written is measured from the start of the command. For every
 budget the last epoch finished within it is judged as in ``bench/ablation.py``: k-NN top-1 and
-the AvgPool linear probe top-1 on Fashion-MNIST test, NMI of its clustering with the labels.
-Prints a table and writes JSON.
+the AvgPool linear probe top-1 on Fashion-MNIST test, NMI of its clustering with the labels,
+and with ``--transfer`` the MNIST k-NN top-1 (``bench/study.py``'s). Prints a table and writes
+JSON.
 
     python bench/budget.py --preset fashion-mnist --epochs 40 --out runs/budget/v1
     python bench/budget.py --preset fashion-mnist-v2 --epochs 12 --out runs/budget/v2
@@ -26,7 +27,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ablation import evaluate_backbone, nmi_by_epoch  # bench/ablation.py, beside this script
+from ablation import nmi_by_epoch  # bench/ablation.py, beside this script
+from study import evaluate  # bench/study.py, beside this script
 from deepcluster.checkpoint import backbone_from_checkpoint, load_checkpoint, save_json
 from deepcluster.config import PretrainConfig
 from deepcluster.presets import get_preset
@@ -83,6 +85,8 @@ def main() -> None:
     parser.add_argument("--stop", action="store_true",
                         help="stop pretraining when the largest budget has passed (for a run "
                              "whose schedule does not depend on --epochs: a constant lr)")
+    parser.add_argument("--transfer", action="store_true",
+                        help="also the MNIST k-NN top-1 of each budget's checkpoint")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -114,19 +118,21 @@ def main() -> None:
         name = max(within)
         epoch = load_checkpoint(checkpoints / name)["epoch"]
         backbone, saved = backbone_from_checkpoint(checkpoints / name)
-        knn, linear = evaluate_backbone(backbone, saved.image_size)
-        rows.append({"budget_min": minutes, "epoch": epoch, "elapsed_s": times[name],
-                     "knn_top1": knn, "linear_top1": linear, "nmi_labels": nmi.get(epoch)})
+        scores = evaluate(backbone, saved.image_size, args.transfer)
+        rows.append({"budget_min": minutes, "epoch": epoch, "elapsed_s": times[name], **scores,
+                     "nmi_labels": nmi.get(epoch)})
         print(json.dumps(rows[-1]), flush=True)
     save_json({"preset": args.preset, "machine": machine(config), "config": config.to_dict(),
                "rows": rows},
               out / "budget.json")
     table = Table(title=f"{args.preset} {' '.join(args.set)} within fixed budgets")
-    for column in ("budget min", "epoch", "elapsed s", "k-NN top-1", "linear top-1", "NMI labels"):
+    for column in ("budget min", "epoch", "elapsed s", "k-NN top-1", "linear top-1",
+                   "MNIST k-NN", "NMI labels"):
         table.add_column(column, justify="right")
     for r in rows:
         table.add_row(f"{r['budget_min']:g}", str(r["epoch"]), f"{r['elapsed_s']:.0f}",
                       f"{r['knn_top1']:.2f}", f"{r['linear_top1']:.2f}",
+                      f"{r['mnist_knn_top1']:.2f}" if "mnist_knn_top1" in r else "-",
                       f"{r['nmi_labels']:.3f}" if r["nmi_labels"] is not None else "-")
     Console().print(table)
 
