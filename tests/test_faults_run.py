@@ -76,10 +76,11 @@ def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_run(straight, tmp_p
 
 
 def test_divergence_stops_naming_epoch_step_and_cause_and_keeps_the_last_checkpoint(tmp_path):
-    # lr 1e12: the loss of epoch 1's third step is NaN; lr 1e6 with 2 steps per epoch: the loss
-    # stays finite but the weights do not, and the features of the clustering after it are NaN
+    # lr 1e12: the loss of epoch 1's second step is NaN (the third without the preset's hidden
+    # layer); lr 1e6 with 2 steps per epoch: the loss stays finite but the weights do not, and the
+    # features of the clustering after it are NaN
     for backend, lr, batch, where in (
-            ("torch", "1e12", 32, "step 3 of 10: the loss is nan"),
+            ("torch", "1e12", 32, "step 2 of 10: the loss is nan"),
             ("faiss", "1e6", 256, "in the clustering after it: 5120 of the features")):
         run = tmp_path / backend
         result = deepcluster("pretrain", *TINY, "--epochs", 3, "--lr", lr, "--batch-size", batch,

@@ -3,8 +3,9 @@ epoch (``checkpoints/last.ckpt``, and ``epoch_NNN.ckpt`` every ``keep_every`` ep
 
 Common keys: ``format``, ``config`` (``PretrainConfig.to_dict``), ``epoch`` (epochs done),
 ``backbone`` (what every benchmark loads), ``optimizer``, ``rng`` and ``history`` (every row so
-far). The method adds its own keys (DeepCluster: ``head``, ``assignments``; v2: ``projector``,
-``prototypes``, ``memory``, ``assignments``), which keeps the layout of earlier checkpoints.
+far). The method adds its own keys (DeepCluster: ``head``, ``assignments`` and, with a hidden
+layer, ``hidden``; v2: ``projector``, ``prototypes``, ``memory``, ``assignments``), which keeps
+the layout of earlier checkpoints.
 """
 
 from __future__ import annotations
