@@ -74,6 +74,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=40, help="of 500 images, for BatchNorm")
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
+    bn_modes = args.bn.split(",")
+    if set(bn_modes) - {"recalibrate", "average"}:
+        parser.error(f"--bn {args.bn}: each mode is recalibrate or average")
     warnings.filterwarnings("ignore")
     paths = checkpoints_within(Path(args.run), args.minutes)
     rows = []
@@ -83,12 +86,12 @@ def main() -> None:
         weights = [(1 - decay) * decay ** age if age < len(paths) - 1 else decay ** age
                    for age in ages]
         windows.append((f"decay {decay:g}", paths, weights))
-    for (average, chosen, weights), bn in ((w, bn) for w in windows for bn in args.bn.split(",")):
+    for (average, chosen, weights), bn in ((w, bn) for w in windows for bn in bn_modes):
         backbone, config = averaged_backbone(chosen, bn == "average", weights)
         if bn == "recalibrate":
             recalibrate(backbone, config.image_size, args.batches)
         knn, linear = evaluate_backbone(backbone, config.image_size)
-        epochs = [int(load_checkpoint(p)["epoch"]) for p in chosen]
+        epochs = [int(p.stem.removeprefix("epoch_")) for p in chosen]  # epoch_NNN.ckpt
         rows.append({"average": average, "epochs": f"{epochs[0]}-{epochs[-1]}", "bn": bn,
                      "knn_top1": knn, "linear_top1": linear})
         print(json.dumps(rows[-1]), flush=True)

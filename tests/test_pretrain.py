@@ -200,9 +200,7 @@ def test_hidden_layer_is_kept_across_epochs_and_resumes(tmp_path):
     config = PretrainConfig(**{**SMALL, **options, "out": str(tmp_path / "u")})
     method = DeepCluster(config, Fabric(accelerator="cpu", devices=1))
     model = method.build_model()
-    model.load_state_dict({**{f"hidden.{k}": v for k, v in state["hidden"].items()},
-                           **{f"head.{k}": v for k, v in state["head"].items()},
-                           **{f"backbone.{k}": v for k, v in state["backbone"].items()}})
+    method.load_state_dict(state)  # the trained hidden layer and head of epoch 1
     hidden = {k: v.clone() for k, v in model.hidden.state_dict().items()}
     head = model.head.weight.clone()
     method.before_epoch(1)
