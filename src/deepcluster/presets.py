@@ -27,8 +27,8 @@ PRESETS: dict[str, PretrainConfig] = {
     "fashion-mnist": FASHION_MNIST,
     # The same for a user with an hour: 71 epochs, what 60 minutes on both cores of a Zen 4 with
     # bf16 ran with the online k-NN off (docs/study.md: k-NN 89.40, linear 89.43, seed 0; seed 1
-    # ran 78 epochs in its hour: 89.37 / 89.18). The
-    # online k-NN every 8 epochs, not every epoch: 9 passes of 13-22 s instead of 71.
+    # ran 78 epochs in its hour: 89.37 / 89.18). The online k-NN every 8 epochs, not every
+    # epoch: about 9 passes of 13-22 s instead of 71.
     "quality": FASHION_MNIST.override(epochs=71, knn_every=8, out="runs/quality"),
     "fashion-mnist-v2": FASHION_MNIST_V2,
     # The same recipe on 1.5x the channels (docs/study.md, the v2b-wide row: linear probe 88.19
