@@ -53,6 +53,18 @@ def test_every_backbone_has_five_maps_and_its_feature_dim(arch, size):
     assert DeepClusterModel(backbone, 7)(x).shape == (2, 7)
 
 
+def test_hidden_layers_stack_and_one_keeps_the_old_keys():
+    backbone = build_backbone("small-cnn", sobel=True)
+    one = DeepClusterModel(backbone, 7, hidden=16)
+    two = DeepClusterModel(backbone, 7, hidden=16, layers=2)
+    # One hidden layer: the keys of checkpoints written before head_layers existed.
+    assert sorted(one.hidden.state_dict()) == sorted(k for k in two.hidden.state_dict()
+                                                     if k[0] in "01")
+    assert two.hidden.state_dict()["0.weight"].shape == (16, backbone.feature_dim)
+    assert two.hidden.state_dict()["3.weight"].shape == (16, 16)
+    assert two.eval()(torch.randn(2, 3, 28, 28)).shape == (2, 7)
+
+
 def test_sobel_backbone_takes_two_channels_after_the_filter():
     backbone = build_backbone("resnet18", sobel=True)
     assert backbone.stages[0][0].in_channels == 2

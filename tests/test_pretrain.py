@@ -9,6 +9,7 @@ from deepcluster.checkpoint import load_checkpoint
 from deepcluster.clustering import nmi
 from deepcluster.config import PretrainConfig
 from deepcluster.engine import pretrain
+from deepcluster.models import DeepClusterModel, build_backbone
 
 SMALL = dict(data="fashion-mnist", subset=400, arch="small-cnn", k=20, pca_dim=32, batch_size=64,
              extract_batch_size=200, lr=0.05, seed=3, threads=1,  # one thread: any test order
@@ -208,3 +209,20 @@ def test_hidden_layer_is_kept_across_epochs_and_resumes(tmp_path):
         torch.testing.assert_close(value, hidden[name])
     assert not torch.equal(model.head.weight, head)
     assert model.head.weight.std().item() == pytest.approx(0.01, rel=0.2)
+
+
+def test_layer_lr_decay_trains_each_stage_at_its_own_rate(tmp_path):
+    # layer_lr_decay 0.5: stage i of five at lr x 0.5^(5 - i), everything above the stages at lr.
+    options = dict(subset=256, k=8, batch_size=64, extract_batch_size=256, head_hidden=32,
+                   epochs=1, layer_lr_decay=0.5)
+    result = run(tmp_path, "decay", **options)
+    groups = load_checkpoint(result.checkpoint)["optimizer"]["param_groups"]
+    lrs = [group["lr"] for group in groups]
+    assert lrs == pytest.approx([0.05 / 16, 0.05 / 8, 0.05 / 4, 0.05 / 2, 0.05, 0.05, 0.05])
+    assert [group["momentum"] for group in groups][-2:] == [0.9, 0.0]  # hidden kept; head fresh
+    # every trainable parameter of the backbone, hidden layer and head in one group
+    model = DeepClusterModel(build_backbone("small-cnn", sobel=True), 8, hidden=32)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert sum(len(group["params"]) for group in groups) == len(trainable)
+    plain = load_checkpoint(run(tmp_path, "plain", **{**options, "layer_lr_decay": 1.0}).checkpoint)
+    assert len(plain["optimizer"]["param_groups"]) == 2  # as before the option: resumable

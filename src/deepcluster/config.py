@@ -92,6 +92,8 @@ class PretrainConfig:
     # --- DeepCluster (v1) -----------------------------------------------------------------------
     reset_head: bool = option(True, "re-initialise the classifier head before every epoch (the cluster ids change meaning at each clustering)", methods=(V1,))
     head_hidden: int = option(0, "width of a hidden layer (Linear, BatchNorm, ReLU) between the backbone's feature and the classifier, kept across epochs (only the classifier is re-initialised); 0: the classifier alone", methods=(V1,), minimum=0)
+    head_layers: int = option(1, "number of hidden layers of width head_hidden (the original AlexNet has two: fc6 and fc7)", methods=(V1,), minimum=1)
+    layer_lr_decay: float = option(1.0, "stage i of the backbone's five trains at lr x decay^(5 - i), the hidden layer and head at lr (1: one lr for all)", methods=(V1,), minimum=1e-300)
     decode_on_device: bool = option(False, "loader reads only the files' bytes; JPEGs are decoded, cropped and resized on the training device (nvJPEG on a GPU); image files only", methods=(V1,), resume=True)
     # --- DeepCluster-v2 -------------------------------------------------------------------------
     prototype_sets: int = option(3, "number of spherical k-means runs, each giving a set of k prototypes", methods=(V2,), minimum=1)

@@ -164,15 +164,19 @@ def build_backbone(arch: str, sobel: bool = False) -> Backbone:
 
 
 class DeepClusterModel(nn.Module):
-    """A backbone and the linear head that predicts cluster ids; with ``hidden``, a hidden layer
-    (Linear, BatchNorm, ReLU) between them, as the original AlexNet's fc6-fc7 stand between its
-    convolutions and its classifier."""
+    """A backbone and the linear head that predicts cluster ids; with ``hidden``, ``layers``
+    hidden layers (Linear, BatchNorm, ReLU) between them, as the original AlexNet's fc6 and fc7
+    stand between its convolutions and its classifier."""
 
-    def __init__(self, backbone: Backbone, num_clusters: int, hidden: int = 0):
+    def __init__(self, backbone: Backbone, num_clusters: int, hidden: int = 0, layers: int = 1):
         super().__init__()
         self.backbone = backbone
-        self.hidden = (nn.Sequential(nn.Linear(backbone.feature_dim, hidden),
-                                     nn.BatchNorm1d(hidden), nn.ReLU(inplace=True))
+        widths = [backbone.feature_dim] + [hidden] * layers if hidden else []
+        # One flat Sequential, so that one hidden layer keeps the keys 0.*, 1.* of older checkpoints.
+        self.hidden = (nn.Sequential(*[module for width_in, width_out in zip(widths, widths[1:])
+                                       for module in (nn.Linear(width_in, width_out),
+                                                      nn.BatchNorm1d(width_out),
+                                                      nn.ReLU(inplace=True))])
                        if hidden else nn.Identity())
         self.head = nn.Linear(hidden or backbone.feature_dim, num_clusters)
         reset_head(self.head)

@@ -187,7 +187,7 @@ class Engine:
                 inputs = self.on_device(inputs)
             lr = learning_rate(self.config, step, steps)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             loss = self.method.loss(self.fabric_model, inputs, indices)
             self.optimizer.zero_grad(set_to_none=True)
             self.fabric.backward(loss)

@@ -95,15 +95,27 @@ class DeepCluster(Method):
 
     def build_model(self) -> nn.Module:
         self.model = DeepClusterModel(build_backbone(self.config.arch, self.config.sobel),
-                                      self.config.k, self.config.head_hidden)
+                                      self.config.k, self.config.head_hidden,
+                                      self.config.head_layers)
         return self.model
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """Momentum for the backbone (and the hidden layer); the head, re-initialised every
-        epoch, gets none."""
-        kept = [*model.backbone.parameters(), *model.hidden.parameters()]
-        return [{"params": [p for p in kept if p.requires_grad], "momentum": self.config.momentum},
-                {"params": model.head.parameters(), "momentum": 0.0}]
+        epoch, gets none. With ``layer_lr_decay`` below 1, stage i of the backbone's five trains
+        at lr x decay^(5 - i): the early stages stay nearer their initialisation."""
+        momentum = self.config.momentum
+        head = {"params": model.head.parameters(), "momentum": 0.0}
+        if self.config.layer_lr_decay == 1.0:
+            kept = [*model.backbone.parameters(), *model.hidden.parameters()]
+            return [{"params": trainable(kept), "momentum": momentum}, head]
+        stages = model.backbone.stages
+        staged = {id(p) for p in stages.parameters()}
+        top = [p for p in [*model.backbone.parameters(), *model.hidden.parameters()]
+               if id(p) not in staged]
+        groups = [{"params": trainable(stage.parameters()), "momentum": momentum,
+                   "lr_scale": self.config.layer_lr_decay ** (len(stages) - 1 - index)}
+                  for index, stage in enumerate(stages)]
+        return [*groups, {"params": trainable(top), "momentum": momentum}, head]
 
     def initial_targets(self, run: RunContext) -> Refresh:
         self.assignments = None
@@ -154,6 +166,10 @@ class DeepCluster(Method):
         if self.config.head_hidden:
             self.model.hidden.load_state_dict(state["hidden"])
         self.set_assignments(state["assignments"].numpy())
+
+
+def trainable(parameters) -> list[nn.Parameter]:
+    return [p for p in parameters if p.requires_grad]
 
 
 def clustering_refresh(clustering: ClusteringResult, previous: np.ndarray | None,
