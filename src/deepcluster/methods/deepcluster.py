@@ -20,7 +20,7 @@ epoch's common seed, so every process draws the same head.
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -168,7 +168,8 @@ class DeepCluster(Method):
         self.set_assignments(state["assignments"].numpy())
 
 
-def trainable(parameters) -> list[nn.Parameter]:
+def trainable(parameters: Iterable[nn.Parameter]) -> list[nn.Parameter]:
+    """The parameters an optimiser steps (the Sobel filter, for one, is frozen)."""
     return [p for p in parameters if p.requires_grad]
 
 
