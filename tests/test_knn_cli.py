@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from deepcluster.benchmarks.knn import knn_top1, weighted_knn_predict
+from deepcluster.benchmarks.knn import knn_top1, raw_pixel_features, weighted_knn_predict
 from deepcluster.cli import main
+from deepcluster.datasets import load_dataset
 
 
 def test_weighted_knn_on_a_hand_made_case():
@@ -20,6 +21,15 @@ def test_weighted_knn_on_a_hand_made_case():
     assert knn_top1(train, labels, test, np.array([0, 0]), k=2) == 50.0
     with pytest.raises(ValueError, match="k=9 neighbours but only 5"):
         weighted_knn_predict(train, labels, test, k=9)
+
+
+def test_raw_pixels_are_the_grey_values_in_order():
+    images = load_dataset("digits", "test")
+    features, labels = raw_pixel_features("digits", "test", images.images.shape[-1])
+    np.testing.assert_allclose(features * 255, images.images.reshape(len(images), -1), atol=1e-4)
+    np.testing.assert_array_equal(labels, images.targets)
+    resized, _ = raw_pixel_features("digits", "test", 28)
+    assert resized.shape == (len(images), 28 * 28) and 0.0 <= resized.min() < resized.max() <= 1.0
 
 
 @pytest.fixture(scope="module")

@@ -104,7 +104,7 @@ def _eval_mode(module: nn.Module):
         module.train(was_training)
 
 
-def _global_pass(backbone: Backbone, dataset: Dataset, batch_size: int, workers: int,
+def _global_pass(backbone: nn.Module, dataset: Dataset, batch_size: int, workers: int,
                  device: torch.device, batch_transform: nn.Module | None,
                  collate: Callable | None = None) -> tuple[nn.Module, DataLoader]:
     """The function and loader of a pass with the backbone's global feature; the batch transform
@@ -115,7 +115,7 @@ def _global_pass(backbone: Backbone, dataset: Dataset, batch_size: int, workers:
     return nn.Sequential(on_device, backbone), loader
 
 
-def extract_global(backbone: Backbone, dataset: Dataset, batch_size: int = 256, workers: int = 0,
+def extract_global(backbone: nn.Module, dataset: Dataset, batch_size: int = 256, workers: int = 0,
                    device: torch.device | str = "cpu", progress: bool = True,
                    batch_transform: nn.Module | None = None, shard: bool = False,
                    collate: Callable | None = None,

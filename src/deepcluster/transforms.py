@@ -105,15 +105,16 @@ class Pipeline:
 
 
 class _ToFloatRGB(nn.Module):
-    """uint8 (B, 1 or 3, H, W) -> float in [0, 1], 3 channels, resized to ``size`` if given."""
+    """uint8 (B, 1 or 3, H, W) -> float in [0, 1], 3 channels (grey ones kept as one with
+    ``rgb=False``), resized to ``size`` if given."""
 
-    def __init__(self, size: int | None = None):
+    def __init__(self, size: int | None = None, rgb: bool = True):
         super().__init__()
-        self.size = size
+        self.size, self.rgb = size, rgb
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().div_(255.0)
-        if x.shape[1] == 1:
+        if x.shape[1] == 1 and self.rgb:
             x = x.expand(-1, 3, -1, -1)
         if self.size is not None and x.shape[-2:] != (self.size, self.size):
             x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear",
@@ -172,6 +173,16 @@ def extraction_pipeline(image_size: int, in_memory: bool) -> Pipeline:
         raise ValueError("the batched pipeline is for small images; use the per-image one")
     return Pipeline(_uint8_tensor(), nn.Sequential(_ToFloatRGB(image_size),
                                                    _batch_normalise(image_size)))
+
+
+def pixel_pipeline(image_size: int, in_memory: bool) -> Pipeline:
+    """Grey pixel values in [0, 1] at ``image_size``: the raw-pixel baseline's features (grey
+    images held in memory a batch at a time, resized as the extraction pipeline resizes them)."""
+    if in_memory:
+        return Pipeline(_uint8_tensor(), _ToFloatRGB(image_size, rgb=False))
+    return Pipeline(v2.Compose([v2.Grayscale(), v2.Resize((image_size, image_size), antialias=True),
+                                v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]),
+                    nn.Identity())
 
 
 def extraction_set(images: ImageDataset, image_size: int,

@@ -14,14 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torchvision.transforms import v2
 
 from ..checkpoint import backbone_from_checkpoint, save_json
 from ..data import ArrayImageDataset
 from ..datasets import load_dataset
 from ..features import extract_global
 from ..models import Backbone
-from ..transforms import ChannelsLast, extraction_pipeline, is_small
+from ..transforms import ChannelsLast, extraction_pipeline, is_small, pixel_pipeline
 
 DEFAULT_K = 20
 DEFAULT_TEMPERATURE = 0.07
@@ -68,11 +67,10 @@ def _labelled_split(data: str, split: str):
 
 def raw_pixel_features(data: str, split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Grey pixel values in [0, 1] at ``image_size``, flattened: the raw-pixel baseline."""
-    dataset = _labelled_split(data, split).with_transform(
-        v2.Compose([v2.Grayscale(), v2.Resize((image_size, image_size), antialias=True),
-                    v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]))
-    features = np.stack([dataset[i][0].flatten().numpy() for i in range(len(dataset))])
-    return features, dataset.targets
+    dataset = _labelled_split(data, split)
+    pipeline = pixel_pipeline(image_size, in_memory=isinstance(dataset, ArrayImageDataset))
+    return extract_global(nn.Flatten(), dataset.with_transform(pipeline.sample), batch_size=1024,
+                          batch_transform=pipeline.batch, progress=False)
 
 
 def network_features(backbone: Backbone, image_size: int, data: str, split: str,
