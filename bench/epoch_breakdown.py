@@ -9,6 +9,8 @@ the scaling issue's target is at most 1.15. Prints a table and writes JSON.
     python bench/epoch_breakdown.py                      # default preset, 20k images
     python bench/epoch_breakdown.py --preset mmselfsup-peer --subset 2000
     python bench/epoch_breakdown.py --before dc0df94     # also that commit's loop, in one run
+    python bench/epoch_breakdown.py --compile            # also the pure work with the backbone
+                                                         # compiled (torch.compile), side by side
 
 ``--before REV`` checks REV out in a temporary git worktree and runs its own copy of this script
 on its own code first (a subprocess), so that the two loops are measured side by side on the same
@@ -31,20 +33,25 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from budget import machine  # bench/budget.py, beside this script
 from deepcluster.presets import get_preset
 from deepcluster.models import DeepClusterModel, build_backbone
 from deepcluster.engine import pretrain
 from deepcluster.engine.processes import resolve_precision
 
 
-def pure_rates(config, images: int) -> dict[str, float]:
-    """Seconds for the pure train steps and extraction passes over ``images`` images."""
+def pure_rates(config, images: int, compiled: bool = False) -> dict[str, float]:
+    """Seconds for the pure train steps and extraction passes over ``images`` images
+    (``compiled``: the backbone compiled, as ``--compile`` does; the warm-up steps compile it)."""
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(0)
-    model = DeepClusterModel(build_backbone(config.arch, config.sobel), config.k)
+    model = DeepClusterModel(build_backbone(config.arch, config.sobel), config.k,
+                             hidden=config.head_hidden, layers=config.head_layers)
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
+    if compiled:
+        model.backbone.compile()
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     precision = resolve_precision(config.precision, "cpu")
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
@@ -127,6 +134,8 @@ def main() -> None:
     parser.add_argument("--before", help="also measure this git revision's loop, first")
     parser.add_argument("--precision", help="override the preset's precision (32-true on a CPU "
                         "without BF16 instructions, where bf16-mixed is several times slower)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the pure work with the backbone compiled")
     parser.add_argument("--out", default="bench/results/epoch_breakdown.json")
     args = parser.parse_args()
 
@@ -145,25 +154,35 @@ def main() -> None:
     pure = pure_rates(config, args.subset)
     pure["total_s"] = pure["train_s"] + pure["extract_s"]
     ratio = loop["total_s"] / pure["total_s"]
+    compiled = None
+    if args.compile:
+        compiled = pure_rates(config, args.subset, compiled=True)
+        compiled["total_s"] = compiled["train_s"] + compiled["extract_s"]
 
     table = Table(title=f"one epoch, {args.preset}, {args.subset} images")
-    for column in ("part", "in the loop (s)", "pure model work (s)", "ratio"):
+    columns = ["part", "in the loop (s)", "pure model work (s)", "ratio"]
+    columns += ["pure, compiled (s)"] if compiled else []
+    for column in columns:
         table.add_column(column, justify="right")
-    for part in ("train_s", "extract_s"):
-        table.add_row(part[:-2], f"{loop[part]:.1f}", f"{pure[part]:.1f}",
-                      f"{loop[part] / pure[part]:.2f}")
-    table.add_row("PCA + k-means", f"{loop['cluster_s']:.1f}", "-", "-")
-    table.add_row("epoch", f"{loop['total_s']:.1f}", f"{pure['total_s']:.1f}", f"{ratio:.2f}")
+    for part in ("train_s", "extract_s", "total_s"):
+        name = {"train_s": "train", "extract_s": "extract", "total_s": "epoch"}[part]
+        cells = [name, f"{loop[part]:.1f}", f"{pure[part]:.1f}", f"{loop[part] / pure[part]:.2f}"]
+        table.add_row(*cells, *([f"{compiled[part]:.1f}"] if compiled else []))
+        if part == "extract_s":
+            table.add_row("PCA + k-means", f"{loop['cluster_s']:.1f}", "-", "-",
+                          *(["-"] if compiled else []))
     if before:
         b = before["loop"]
         table.add_row(f"epoch at {args.before}", f"{b['total_s']:.1f}",
                       f"{before['pure']['total_s']:.1f}", f"{before['overhead']:.2f}")
     Console().print(table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    result = {"preset": args.preset, "subset": args.subset, "loop": loop, "pure": pure,
-              "overhead": ratio}
+    result = {"preset": args.preset, "subset": args.subset, "machine": machine(config),
+              "loop": loop, "pure": pure, "overhead": ratio}
     if before:
         result["before"] = {"rev": args.before, **before}
+    if compiled:
+        result["pure_compiled"] = compiled
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"written {args.out}")
 
