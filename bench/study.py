@@ -72,7 +72,18 @@ ROWS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "v2b-lr0.2": (V2, 3, {"first_targets": "backbone", "lr": 0.2}),
     "v2b-t0.05": (V2, 3, {"first_targets": "backbone", "temperature": 0.05}),
     "v2b-t0.2": (V2, 3, {"first_targets": "backbone", "temperature": 0.2}),
-    "v2b-k300": (V2, 3, {"first_targets": "backbone", "k": 300}),  # the preset since the second
+    "v2b-k300": (V2, 3, {"first_targets": "backbone", "k": 300}),  # the preset since round 2
+    # more prototypes than 300 (solo-learn's CIFAR recipe: 3 x 3000 for 50k images)
+    "v2b-k1000": (V2, 3, {"first_targets": "backbone", "k": 1000}),
+    "v2b-k3000": (V2, 3, {"first_targets": "backbone", "k": 3000}),
+    # the preset for one more epoch (its cosine schedule sized to 4)
+    "v2b-k300-4ep": (V2, 4, {"first_targets": "backbone", "k": 300}),
+    # the preset with a constant lr after its warm-up (v1's schedule), and with half the batch at
+    # half the lr (twice the steps)
+    "v2b-k300-constant": (V2, 3, {"first_targets": "backbone", "k": 300,
+                                  "lr_schedule": "constant"}),
+    "v2b-k300-b128": (V2, 3, {"first_targets": "backbone", "k": 300, "batch_size": 128,
+                              "lr": 0.05}),
     "v2b-sets1": (V2, 3, {"first_targets": "backbone", "prototype_sets": 1}),
     "v2b-small16": (V2, 3, {"first_targets": "backbone", "small_crop_size": 16}),
     "v2b-wd1e-4": (V2, 3, {"first_targets": "backbone", "weight_decay": 1e-4}),
