@@ -121,6 +121,8 @@ def extract_global(backbone: nn.Module, dataset: Dataset, batch_size: int = 256,
                    collate: Callable | None = None,
                    feature_sink: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The backbone's global feature (what DeepCluster clusters) for every image, in eval mode.
+    ``backbone`` may be any module from a batch to one row per image (v2 adds its projector; the
+    raw-pixel baseline is a ``Flatten``).
 
     ``batch_transform`` runs on each batch before the backbone (the batched extraction pipeline).
     With ``shard`` under torch.distributed, only this process's contiguous shard of ``dataset``
