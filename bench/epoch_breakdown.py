@@ -164,8 +164,7 @@ def main() -> None:
     columns += ["pure, compiled (s)"] if compiled else []
     for column in columns:
         table.add_column(column, justify="right")
-    for part in ("train_s", "extract_s", "total_s"):
-        name = {"train_s": "train", "extract_s": "extract", "total_s": "epoch"}[part]
+    for part, name in (("train_s", "train"), ("extract_s", "extract"), ("total_s", "epoch")):
         cells = [name, f"{loop[part]:.1f}", f"{pure[part]:.1f}", f"{loop[part] / pure[part]:.2f}"]
         table.add_row(*cells, *([f"{compiled[part]:.1f}"] if compiled else []))
         if part == "extract_s":
