@@ -10,11 +10,13 @@ JSON.
     python bench/budget.py --preset fashion-mnist --epochs 40 --out runs/budget/v1
     python bench/budget.py --preset fashion-mnist-v2 --epochs 12 --out runs/budget/v2
     python bench/budget.py ... --set augmentation=strong --set lr=0.2 --minutes 15,60
+    python bench/budget.py ... --lars --set lr=0.6  # LARS for SGD (bench/lars.py; needs timm)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import platform
@@ -87,6 +89,8 @@ def main() -> None:
                              "whose schedule does not depend on --epochs: a constant lr)")
     parser.add_argument("--transfer", action="store_true",
                         help="also the MNIST k-NN top-1 of each budget's checkpoint")
+    parser.add_argument("--lars", action="store_true",
+                        help="pretrain with bench/lars.py's LARS instead of SGD (needs timm)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -100,8 +104,13 @@ def main() -> None:
         start = time.time()
         if args.stop:
             stop_after(max(float(m) for m in args.minutes.split(",")) * 60)
+        optimiser = contextlib.nullcontext()
+        if args.lars:
+            from lars import sgd_replaced_by_lars  # bench/lars.py; timm is not a project dependency
+            optimiser = sgd_replaced_by_lars()
         try:
-            pretrain(config, progress=False)
+            with optimiser:
+                pretrain(config, progress=False)
         except KeyboardInterrupt:  # the stop: the epochs it finished keep their checkpoints
             print("stopped at the largest budget", flush=True)
         finally:
@@ -123,7 +132,7 @@ def main() -> None:
                      "nmi_labels": nmi.get(epoch)})
         print(json.dumps(rows[-1]), flush=True)
     save_json({"preset": args.preset, "machine": machine(config), "config": config.to_dict(),
-               "rows": rows},
+               "optimiser": "LARS (bench/lars.py)" if args.lars else "SGD", "rows": rows},
               out / "budget.json")
     table = Table(title=f"{args.preset} {' '.join(args.set)} within fixed budgets")
     for column in ("budget min", "epoch", "elapsed s", "k-NN top-1", "linear top-1",
