@@ -31,32 +31,29 @@ from rich.table import Table
 
 from budget import machine  # bench/budget.py, beside this script
 from deepcluster.checkpoint import save_json
-from deepcluster.presets import get_preset
+from deepcluster.presets import DEFAULT_PRESET, DEFAULT_V2_PRESET, get_preset
 
 CLI = [sys.executable, "-m", "deepcluster.cli"]
 
 
 def pretrain_command(method: str, epochs: int, threads: int, out: Path) -> list[str]:
     """The demo's pretraining of ``method`` (v1 or v2) for ``epochs``, online k-NN off."""
-    preset = "fashion-mnist" if method == "v1" else "fashion-mnist-v2"
+    preset = DEFAULT_PRESET if method == "v1" else DEFAULT_V2_PRESET
     return [*CLI, "pretrain", "--preset", preset, "--epochs", str(epochs), "--knn-every", "0",
             "--threads", str(threads), "--out", str(out)]
 
 
-def timed(commands: list[list[str]], logs: Path) -> float:
-    """Wall seconds for ``commands`` started together, until the last one ends; each one's
-    output goes to a file in ``logs`` (a pipe left unread could stall it)."""
+def timed(runs: list[tuple[list[str], Path]]) -> float:
+    """Wall seconds for the ``(command, log file)`` runs started together, until the last one
+    ends; each run's output goes to its log file (a pipe left unread could stall it)."""
     start = time.perf_counter()
-    runs = []
-    for index, command in enumerate(commands):
-        log = (logs / f"{time.monotonic_ns()}-{index}.log").open("w")
-        runs.append((command, log, subprocess.Popen(command, stdout=log, stderr=log)))
-    for command, log, process in runs:
-        process.wait()
-        log.close()
-        if process.returncode:
-            tail = Path(log.name).read_text()[-2000:]
-            raise SystemExit(f"{' '.join(command)} failed:\n{tail}")
+    started = []
+    for command, log in runs:
+        with log.open("w") as output:
+            started.append((command, log, subprocess.Popen(command, stdout=output, stderr=output)))
+    for command, log, process in started:
+        if process.wait():
+            raise SystemExit(f"{' '.join(command)} failed:\n{log.read_text()[-2000:]}")
     return time.perf_counter() - start
 
 
@@ -68,20 +65,20 @@ def main() -> None:
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as folder:
-        def command(method: str, threads: int, name: str) -> list[str]:
+        def run(method: str, threads: int, name: str) -> tuple[list[str], Path]:
             epochs = args.v1_epochs if method == "v1" else args.v2_epochs
-            return pretrain_command(method, epochs, threads, Path(folder) / name)
+            out = Path(folder) / name
+            return pretrain_command(method, epochs, threads, out), out.with_suffix(".log")
 
-        logs = Path(folder)
-        seconds = {"v1, all threads": timed([command("v1", cores, "v1")], logs),
-                   "v2, all threads": timed([command("v2", cores, "v2")], logs),
-                   "v1, one thread": timed([command("v1", 1, "v1-one")], logs),
+        seconds = {"v1, all threads": timed([run("v1", cores, "v1")]),
+                   "v2, all threads": timed([run("v2", cores, "v2")]),
+                   "v1, one thread": timed([run("v1", 1, "v1-one")]),
                    "v1 and v2 side by side, one thread each": timed(
-                       [command("v1", 1, "v1-side"), command("v2", 1, "v2-side")], logs)}
+                       [run("v1", 1, "v1-side"), run("v2", 1, "v2-side")])}
     in_a_row = seconds["v1, all threads"] + seconds["v2, all threads"]
     side_by_side = seconds["v1 and v2 side by side, one thread each"]
     results = {"command": "python bench/side_by_side.py " + " ".join(sys.argv[1:]),
-               "machine": machine(get_preset("fashion-mnist").override(threads=cores)),
+               "machine": machine(get_preset(DEFAULT_PRESET).override(threads=cores)),
                "cores": cores,
                "v1_epochs": args.v1_epochs, "v2_epochs": args.v2_epochs,
                "seconds": {name: round(value, 1) for name, value in seconds.items()},
