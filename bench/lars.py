@@ -30,7 +30,7 @@ LR = 4.8 * 256 / 4096  # SwAV's base lr at batch 4096, scaled linearly to the pr
 TRUST = 0.001
 # method -> (row name, preset, epochs, the fields of today's preset that the study's BASE resets)
 RUNS = {"deepcluster-v2": ("v2b-k300", study.V2, 3, {"first_targets": "backbone", "k": 300}),
-        "deepcluster": ("v1-preset", study.V1, 6, {"pca_dim": 128})}
+        "deepcluster": ("v1-preset", study.V1, 6, study.V1_HIDDEN)}
 
 
 @contextlib.contextmanager

@@ -37,9 +37,12 @@ from deepcluster.presets import get_preset
 
 V1, V2 = "fashion-mnist", "fashion-mnist-v2"
 # Fields every row of a preset starts from. The presets have changed since the rows were measured
-# (v1: PCA 128, the v1-pca128 rows; v2: k = 300, the v2b-k300 row), so the rows keep the earlier
-# values and stay reproducible.
-BASE: dict[str, dict[str, Any]] = {V1: {"pca_dim": 64}, V2: {"k": 100}}
+# (v1: PCA 128, the v1-pca128 rows; a hidden layer, the v1-h512 rows; v2: k = 300, the v2b-k300
+# row), so the rows keep the earlier values and stay reproducible.
+BASE: dict[str, dict[str, Any]] = {V1: {"pca_dim": 64, "head_hidden": 0, "crop_min_scale": 0.0},
+                                   V2: {"k": 100}}
+# The v1 preset of sessions 10 to 15: PCA 128 and a hidden layer of 512
+V1_HIDDEN: dict[str, Any] = {"pca_dim": 128, "head_hidden": 512}
 
 # name -> (preset, epochs, changed fields); "random-init" is the untrained network.
 ROWS: dict[str, tuple[str, int, dict[str, Any]]] = {
@@ -58,6 +61,11 @@ ROWS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "v1-wide": (V1, 6, {"arch": "small-cnn-wide"}),
     # half the batch at half the lr (the linear scaling rule): twice the steps per epoch
     "v1-pca128-b128": (V1, 6, {"pca_dim": 128, "batch_size": 128, "lr": 0.05}),
+    "v1-h512": (V1, 6, V1_HIDDEN),
+    # the smallest crop's area: the strong augmentation's 0.14 raised (session 16)
+    "v1-h512-crop0.3": (V1, 6, {**V1_HIDDEN, "crop_min_scale": 0.3}),
+    "v1-h512-crop0.5": (V1, 6, {**V1_HIDDEN, "crop_min_scale": 0.5}),
+    "v1-h512-crop0.7": (V1, 6, {**V1_HIDDEN, "crop_min_scale": 0.7}),
     # v2: SwAV's recipe at 28 px (the preset before this study: the first targets from the
     # untrained network's bank), 3 epochs, then one lever at a time
     "v2": (V2, 3, {"first_targets": "bank"}),

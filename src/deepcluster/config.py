@@ -38,12 +38,13 @@ V1_FIELDS_SINCE_VERSION_2 = ("small_crops", "small_crop_size")
 
 
 def option(default: Any, help: str, methods: tuple[str, ...] = COMMON, resume: bool = False,
-           choices: tuple[str, ...] | None = None, minimum: float | None = None) -> Any:
+           choices: tuple[str, ...] | None = None, minimum: float | None = None,
+           maximum: float | None = None) -> Any:
     """A config field: its default (or a dict of each method's), help, the methods that use it,
     whether it may change on resume, and its allowed values. Method-specific fields default to
     None (resolved later)."""
     metadata = {"help": help, "methods": methods, "resume": resume, "default": default,
-                "choices": choices, "minimum": minimum}
+                "choices": choices, "minimum": minimum, "maximum": maximum}
     return field(default=default if methods == COMMON else None, metadata=metadata)
 
 
@@ -79,6 +80,7 @@ class PretrainConfig:
     out: str = option("runs/pretrain", "run folder (config.yaml, checkpoints, metrics.csv, TensorBoard, assignments)", resume=True)
     # --- DeepCluster v1 and the supervised baseline -----------------------------------------
     augmentation: str = option("small", "training augmentation", methods=(V1, SUPERVISED), choices=AUGMENTATIONS)
+    crop_min_scale: float = option(0.0, "smallest area of a training crop, as a fraction of the image: the random resized crop's lower scale bound (v2: of its large crops; 0: the augmentation's own, strong and v2 0.14, small 0.3, original and mmselfsup 0.08)", methods=(V1, V2, SUPERVISED), minimum=0, maximum=1)
     # --- DeepCluster v1 and v2 ------------------------------------------------------------------
     k: int = option(100, "number of clusters (v2: per prototype set)", methods=(V1, V2), minimum=2)
     kmeans_iters: int = option(20, "k-means iterations per clustering", methods=(V1, V2), minimum=1)
@@ -186,6 +188,9 @@ def check_value(spec: Field, value: Any) -> None:
         rule = "must be positive" if minimum == 1e-300 else (
             "must not be negative" if minimum == 0 else f"must be at least {minimum}")
         raise ValueError(f"{spec.name}={value} {rule}")
+    maximum = spec.metadata["maximum"]
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{spec.name}={value} must be at most {maximum}")
 
 
 def upgrade_version_1(values: dict[str, Any]) -> dict[str, Any]:

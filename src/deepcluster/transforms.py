@@ -65,11 +65,12 @@ def _extraction_resize(image_size: int) -> list[Callable]:
     return [v2.Resize(round(image_size * 256 / 224), antialias=True), v2.CenterCrop(image_size)]
 
 
-def training_transform(name: str, image_size: int) -> Callable:
-    """The pretraining augmentation ``name`` (one of AUGMENTATIONS) at ``image_size``."""
+def training_transform(name: str, image_size: int, min_scale: float = 0.0) -> Callable:
+    """The pretraining augmentation ``name`` (one of AUGMENTATIONS) at ``image_size``; a
+    ``min_scale`` above 0 replaces the lower bound of its crop's scale range."""
     if name == "none":
         return extraction_transform(image_size)
-    steps = [_random_crop(name, image_size), v2.RandomHorizontalFlip()]
+    steps = [_random_crop(name, image_size, min_scale), v2.RandomHorizontalFlip()]
     if name == "mmselfsup":
         steps += [v2.RandomRotation(2),
                   v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=1.0, hue=0.5),
@@ -85,11 +86,20 @@ CROP_SCALES = {"mmselfsup": (0.08, 1.0), "original": (0.08, 1.0), "small": (0.3,
                "strong": STRONG_CROP_SCALE}
 
 
-def _random_crop(name: str, image_size: int) -> Callable:
-    """The per-image random resized crop of augmentation ``name``."""
+def crop_scale(name: str, min_scale: float = 0.0) -> tuple[float, float]:
+    """The scale range of augmentation ``name``'s crop, from ``min_scale`` where it is above 0
+    (at 28 px the strong augmentation's smallest crops keep a part of a garment or a digit:
+    docs/study.md, session 16, measures larger ones)."""
     if name not in CROP_SCALES:
         raise ValueError(f"augmentation {name!r} is not one of {', '.join(AUGMENTATIONS)}")
-    return v2.RandomResizedCrop(image_size, scale=CROP_SCALES[name], antialias=True)
+    if not 0.0 <= min_scale <= 1.0:
+        raise ValueError(f"crop_min_scale={min_scale} must lie in [0, 1]")
+    return (min_scale, 1.0) if min_scale > 0 else CROP_SCALES[name]
+
+
+def _random_crop(name: str, image_size: int, min_scale: float = 0.0) -> Callable:
+    """The per-image random resized crop of augmentation ``name``."""
+    return v2.RandomResizedCrop(image_size, scale=crop_scale(name, min_scale), antialias=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,14 +146,14 @@ def _batch_normalise(image_size: int) -> nn.Module:
     return K.Normalize(torch.tensor(mean), torch.tensor(std))
 
 
-def _batch_augmentation(name: str, image_size: int, crop: bool = True) -> list[nn.Module]:
+def _batch_augmentation(name: str, image_size: int, crop: bool = True,
+                        min_scale: float = 0.0) -> list[nn.Module]:
     """The augmentation ``name`` as kornia batch modules (``crop=False``: all but the random
     resized crop, for batches already cropped per image)."""
     import kornia.augmentation as K
 
-    if name not in CROP_SCALES:
-        raise ValueError(f"augmentation {name!r} is not one of {', '.join(AUGMENTATIONS)}")
-    steps = [K.RandomResizedCrop((image_size, image_size), scale=CROP_SCALES[name])] if crop else []
+    scale = crop_scale(name, min_scale)
+    steps = [K.RandomResizedCrop((image_size, image_size), scale=scale)] if crop else []
     steps.append(K.RandomHorizontalFlip())
     if name == "mmselfsup":
         steps += [K.RandomRotation(2.0), K.ColorJitter(0.4, 0.4, 1.0, 0.5),
@@ -157,12 +167,14 @@ def _uint8_tensor() -> Callable:
     return Uint8Tensor()  # in-memory datasets fetch whole batches with this transform
 
 
-def training_pipeline(name: str, image_size: int, in_memory: bool) -> Pipeline:
+def training_pipeline(name: str, image_size: int, in_memory: bool,
+                      min_scale: float = 0.0) -> Pipeline:
     if not in_memory:
-        return Pipeline(training_transform(name, image_size), nn.Identity())
+        return Pipeline(training_transform(name, image_size, min_scale), nn.Identity())
     if name == "none":
         return extraction_pipeline(image_size, in_memory)
-    steps = [_ToFloatRGB()] + _batch_augmentation(name, image_size) + [_batch_normalise(image_size)]
+    steps = ([_ToFloatRGB()] + _batch_augmentation(name, image_size, min_scale=min_scale) +
+             [_batch_normalise(image_size)])
     return Pipeline(_uint8_tensor(), nn.Sequential(*steps))
 
 
@@ -196,7 +208,7 @@ def extraction_set(images: ImageDataset, image_size: int,
     return images.with_transform(pipeline.sample), batch
 
 
-def device_decode_pipeline(name: str | None, image_size: int) -> Pipeline:
+def device_decode_pipeline(name: str | None, image_size: int, min_scale: float = 0.0) -> Pipeline:
     """For images decoded on the device (``device_decode``): ``sample`` crops and resizes one
     decoded uint8 image (they differ in size), ``batch`` does the rest on the stacked batch.
     ``name`` None: the extraction transform; else the training augmentation ``name``."""
@@ -204,14 +216,13 @@ def device_decode_pipeline(name: str | None, image_size: int) -> Pipeline:
         return Pipeline(v2.Compose(_extraction_resize(image_size)),
                         nn.Sequential(_ToFloatRGB(), _batch_normalise(image_size)))
     rest = _batch_augmentation(name, image_size, crop=False)
-    return Pipeline(_random_crop(name, image_size),
+    return Pipeline(_random_crop(name, image_size, min_scale),
                     nn.Sequential(_ToFloatRGB(), *rest, _batch_normalise(image_size)))
 
 
 # ----------------------------------------------------------------------------------------------
 # Multi-crop (DeepCluster-v2 / SwAV): several large crops and several small ones per image
 
-LARGE_CROP_SCALE = STRONG_CROP_SCALE
 SMALL_CROP_SCALE = (0.05, 0.14)
 
 
@@ -256,15 +267,18 @@ def _view_steps(size: int, scale: tuple[float, float], batched: bool) -> list:
 
 
 def multicrop_pipeline(image_size: int, large: int, small: int, small_size: int,
-                       in_memory: bool) -> Pipeline:
-    """SwAV's multi-crop: ``large`` crops at ``image_size`` (scale 0.14-1) and ``small`` crops at
-    ``small_size`` (scale 0.05-0.14), each flipped and brightness/contrast-jittered."""
+                       in_memory: bool, large_min_scale: float = 0.0) -> Pipeline:
+    """SwAV's multi-crop: ``large`` crops at ``image_size`` (scale 0.14-1, or ``large_min_scale``-1)
+    and ``small`` crops at ``small_size`` (scale 0.05-0.14), each flipped and
+    brightness/contrast-jittered."""
     small_size = small_crop_size(image_size, small_size)
+    large_scale = crop_scale("strong", large_min_scale)  # the strong augmentation's is SwAV's
+    crops = ((image_size, large_scale), (small_size, SMALL_CROP_SCALE))
     if in_memory:
         batch_normalise = _batch_normalise(image_size)
         views = [nn.Sequential(_ToFloatRGB(), *_view_steps(size, scale, True), batch_normalise)
-                 for size, scale in ((image_size, LARGE_CROP_SCALE), (small_size, SMALL_CROP_SCALE))]
+                 for size, scale in crops]
         return Pipeline(_uint8_tensor(), MultiCrop(views[0], views[1], large, small))
     views = [v2.Compose([_rgb(), *_view_steps(size, scale, False), *normalise(image_size)])
-             for size, scale in ((image_size, LARGE_CROP_SCALE), (small_size, SMALL_CROP_SCALE))]
+             for size, scale in crops]
     return Pipeline(MultiCrop(views[0], views[1], large, small), nn.Identity())

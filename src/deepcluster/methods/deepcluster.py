@@ -72,13 +72,14 @@ class DeepCluster(Method):
         augmentation (its crop is multi-crop's large view) and ``small_crops`` small views."""
         config = self.config
         if not config.small_crops:
-            return training_pipeline(config.augmentation, config.image_size, in_memory)
+            return training_pipeline(config.augmentation, config.image_size, in_memory,
+                                     config.crop_min_scale)
         if config.augmentation != "strong":
             raise ValueError(f"small_crops={config.small_crops} adds small views to the strong "
                              f"augmentation's view; augmentation={config.augmentation!r} is not "
                              "'strong'")
         return multicrop_pipeline(config.image_size, 1, config.small_crops,
-                                  config.small_crop_size, in_memory)
+                                  config.small_crop_size, in_memory, config.crop_min_scale)
 
     def _decoded_on_device(self, images) -> tuple[tuple, tuple, Any]:
         """The files' bytes for the loader; decoding, crops and augmentation on the device."""
@@ -88,7 +89,8 @@ class DeepCluster(Method):
             raise ValueError(f"decode_on_device reads image files; data={self.config.data!r} is "
                              "held in memory (pass a folder or list file of JPEGs)")
         encoded = images.as_encoded()
-        train = device_decode_pipeline(self.config.augmentation, self.config.image_size)
+        train = device_decode_pipeline(self.config.augmentation, self.config.image_size,
+                                       self.config.crop_min_scale)
         extract = device_decode_pipeline(None, self.config.image_size)
         return ((encoded, DecodeOnDevice(train.sample, train.batch)),
                 (encoded, DecodeOnDevice(extract.sample, extract.batch)), collate_encoded)

@@ -108,7 +108,7 @@ class DeepClusterV2(Method):
                              "train on; change batch_size or subset")
         in_memory = isinstance(images, ArrayImageDataset) and is_small(config.image_size)
         pipeline = multicrop_pipeline(config.image_size, config.large_crops, config.small_crops,
-                                      config.small_crop_size, in_memory)
+                                      config.small_crop_size, in_memory, config.crop_min_scale)
         batch_transform = pipeline.batch
         if config.channels_last:
             batch_transform = nn.Sequential(batch_transform, PerView(ChannelsLast()))

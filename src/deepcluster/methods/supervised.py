@@ -29,7 +29,8 @@ class Supervised(Method):
         self.labels = np.asarray(images.targets, dtype=np.int64)
         self.classes = max(len(images.classes), int(self.labels.max()) + 1)
         in_memory = isinstance(images, ArrayImageDataset) and is_small(config.image_size)
-        pipeline = training_pipeline(config.augmentation, config.image_size, in_memory)
+        pipeline = training_pipeline(config.augmentation, config.image_size, in_memory,
+                                     config.crop_min_scale)
         batch_transform = pipeline.batch
         if config.channels_last:
             batch_transform = nn.Sequential(batch_transform, ChannelsLast())
