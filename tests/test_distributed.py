@@ -237,7 +237,8 @@ V2 = dict(method="deepcluster-v2", k=10, prototype_sets=2, projection_dim=16, pr
 V2_CLEAN = dict(bank="clean", first_targets="backbone")
 
 
-def _deterministic_multicrop(image_size, large, small, small_size, in_memory):
+def _deterministic_multicrop(image_size, large, small, small_size, in_memory,
+                             large_min_scale=0.0):
     """Multi-crop views without randomness (resized copies): every process then sees the views
     one process sees (the augmentation streams of the processes differ by design)."""
     big = extraction_pipeline(image_size, in_memory)
