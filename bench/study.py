@@ -97,6 +97,8 @@ ROWS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "v2b-k300-small4": (V2, 3, {"first_targets": "backbone", "k": 300, "small_crops": 4}),
     # the first targets (v1's clustering of the untrained backbone) at v1's PCA 128, not 64
     "v2b-k300-pca128": (V2, 3, {"first_targets": "backbone", "k": 300, "pca_dim": 128}),
+    # the large crops' smallest area 0.5 instead of 0.14 (session 16)
+    "v2b-k300-crop0.5": (V2, 3, {"first_targets": "backbone", "k": 300, "crop_min_scale": 0.5}),
     "v2b-sets1": (V2, 3, {"first_targets": "backbone", "prototype_sets": 1}),
     "v2b-small16": (V2, 3, {"first_targets": "backbone", "small_crop_size": 16}),
     "v2b-wd1e-4": (V2, 3, {"first_targets": "backbone", "weight_decay": 1e-4}),
