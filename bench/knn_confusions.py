@@ -18,7 +18,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from deepcluster.benchmarks.knn import network_features, weighted_knn_predict
+from deepcluster.benchmarks.knn import (DEFAULT_K, DEFAULT_TEMPERATURE, network_features,
+                                        weighted_knn_predict)
 from deepcluster.checkpoint import backbone_from_checkpoint, load_checkpoint, save_json
 
 
@@ -51,12 +52,12 @@ def main() -> None:
     for checkpoint in args.checkpoints:
         config = load_checkpoint(checkpoint)["config"]
         start = (config.get("arch"), config.get("sobel"), config.get("seed"))
-        for random_init in (True, False):
-            if random_init and start in untrained:
-                continue  # the same network untrained: judged once
+        if start not in untrained:  # the same network untrained: judged once
             untrained.add(start)
-            rows.append({"checkpoint": checkpoint, "random_init": random_init,
-                         **confusions(checkpoint, args.data, random_init, args.pairs)})
+            rows.append({"checkpoint": checkpoint, "random_init": True,
+                         **confusions(checkpoint, args.data, True, args.pairs)})
+        rows.append({"checkpoint": checkpoint, "random_init": False,
+                     **confusions(checkpoint, args.data, False, args.pairs)})
     table = Table(title=f"k-NN on {args.data}: the class pairs confused most often")
     for column in ("checkpoint", "top-1", "errors", "pairs (count)"):
         table.add_column(column)
@@ -65,7 +66,8 @@ def main() -> None:
         pairs = ", ".join(f"{i}-{j} ({p['count']})" for p in row["pairs"] for i, j in [p["classes"]])
         table.add_row(name, f"{row['top1']:.2f}", str(row["errors"]), pairs)
     Console().print(table)
-    save_json({"data": args.data, "k": 20, "temperature": 0.07, "rows": rows}, args.json)
+    save_json({"data": args.data, "k": DEFAULT_K, "temperature": DEFAULT_TEMPERATURE,
+               "rows": rows}, args.json)
 
 
 if __name__ == "__main__":

@@ -226,3 +226,24 @@ def test_layer_lr_decay_trains_each_stage_at_its_own_rate(tmp_path):
     assert sum(len(group["params"]) for group in groups) == len(trainable)
     plain = load_checkpoint(run(tmp_path, "plain", **{**options, "layer_lr_decay": 1.0}).checkpoint)
     assert len(plain["optimizer"]["param_groups"]) == 2  # as before the option: resumable
+
+
+
+COMMON = dict(data="fashion-mnist", subset=400, arch="small-cnn", batch_size=100, lr=0.05, seed=3,
+              threads=1, knn_every=0, epochs=1)
+
+
+@pytest.mark.parametrize("options", [
+    dict(k=20, pca_dim=32),
+    dict(k=20, pca_dim=32, augmentation="strong", small_crops=1),  # multi-crop's large view
+    dict(method="deepcluster-v2", k=10, projection_hidden=32, projection_dim=16),
+    dict(method="supervised"),
+], ids=["deepcluster", "deepcluster-multicrop", "deepcluster-v2", "supervised"])
+def test_crop_min_scale_reaches_every_methods_training_crops(tmp_path, options):
+    # Each run is deterministic, so the option changes the first epoch's loss only if it reaches
+    # the crops the method trains on.
+    losses = [pretrain(PretrainConfig(**COMMON, **options, crop_min_scale=scale,
+                                      out=str(tmp_path / f"run{index}")),
+                       progress=False).history[-1]["loss"]
+              for index, scale in enumerate((0.0, 0.0, 0.9))]
+    assert losses[0] == losses[1] and losses[2] != losses[0], losses
