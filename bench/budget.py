@@ -35,7 +35,7 @@ from deepcluster.checkpoint import backbone_from_checkpoint, load_checkpoint, sa
 from deepcluster.config import PretrainConfig
 from deepcluster.presets import get_preset
 from deepcluster.engine import pretrain
-from deepcluster.engine.processes import cpu_has_bf16, resolve_precision
+from deepcluster.precision import cpu_has_bf16, resolve_precision
 
 
 def parse_overrides(pairs: list[str]) -> dict:

@@ -37,7 +37,7 @@ from budget import machine  # bench/budget.py, beside this script
 from deepcluster.presets import get_preset
 from deepcluster.models import DeepClusterModel, build_backbone
 from deepcluster.engine import pretrain
-from deepcluster.engine.processes import resolve_precision
+from deepcluster.precision import autocast
 
 
 def pure_rates(config, images: int, compiled: bool = False) -> dict[str, float]:
@@ -53,9 +53,6 @@ def pure_rates(config, images: int, compiled: bool = False) -> dict[str, float]:
     if compiled:
         model.backbone.compile()
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
-    precision = resolve_precision(config.precision, "cpu")
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    autocast = lambda: torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)  # noqa: E731
     size = config.image_size
 
     def batch(count: int) -> torch.Tensor:
@@ -67,7 +64,7 @@ def pure_rates(config, images: int, compiled: bool = False) -> dict[str, float]:
     for step in range(-2, steps):  # two warm-up steps, then the timed ones
         if step == 0:
             start = time.perf_counter()
-        with autocast():
+        with autocast(config.precision, "cpu"):
             loss = nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
@@ -77,7 +74,7 @@ def pure_rates(config, images: int, compiled: bool = False) -> dict[str, float]:
     model.eval()
     xe = batch(config.extract_batch_size)
     passes = -(-images // config.extract_batch_size)
-    with torch.inference_mode(), autocast():
+    with torch.inference_mode(), autocast(config.precision, "cpu"):
         model.backbone(xe)
         start = time.perf_counter()
         for _ in range(passes):

@@ -56,6 +56,35 @@ def test_cli_pretrain_then_knn_with_baselines(digits_run):
     assert "raw pixels" in result.output
 
 
+def test_knn_in_bf16_extracts_in_bf16_and_votes_as_float32_does(digits_run):
+    """--precision bf16-mixed runs the network in bf16 (features within bf16's rounding of
+    float32's, not equal to them) and records it; the vote then agrees with float32's."""
+    import torch
+
+    from deepcluster.benchmarks.knn import network_features
+    from deepcluster.checkpoint import backbone_from_checkpoint
+    from deepcluster.precision import autocast
+
+    checkpoint = str(digits_run / "checkpoints" / "last.ckpt")
+    backbone, config = backbone_from_checkpoint(checkpoint)
+    full, _ = network_features(backbone, config.image_size, "digits", "test")
+    with autocast("bf16-mixed"):
+        half, _ = network_features(backbone, config.image_size, "digits", "test")
+    assert not np.array_equal(full, half)
+    np.testing.assert_allclose(half, full, rtol=0.05, atol=0.05 * np.abs(full).mean())
+    top1 = {}
+    for precision in ("32-true", "bf16-mixed"):
+        out = digits_run / f"knn-{precision}"
+        result = CliRunner().invoke(main, ["benchmark", "knn", "--checkpoint", checkpoint,
+                                           "--data", "digits", "--precision", precision,
+                                           "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        results = json.loads((out / "results.json").read_text())
+        assert results["precision"] == precision
+        top1[precision] = results["rows"][0]["top1"]
+    assert abs(top1["bf16-mixed"] - top1["32-true"]) <= 1.0
+
+
 def test_cli_extract_writes_features(digits_run, tmp_path):
     out = tmp_path / "f.npz"
     result = CliRunner().invoke(main, ["extract", "--checkpoint",

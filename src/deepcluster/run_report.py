@@ -33,7 +33,8 @@ from .clustering import l2_normalise
 from .config import PretrainConfig, load_yaml_config
 from .datasets import load_dataset
 from .engine.history import format_value, read_metrics_csv
-from .explorer import DEFAULT_PCA_DIM, whitened_features
+from .explorer import DEFAULT_PCA_DIM, default_device, whitened_features
+from .precision import autocast
 from .report_page import Figure, Page, Section, Table, write_page
 from .report_plots import curve_figures, sizes_figure
 from .results import COLUMNS
@@ -183,10 +184,15 @@ def ranked_members(run: RunFolder, device: torch.device | None, progress: bool):
             raise ValueError(f"{run.assignments[max(run.assignments)]} has {len(assignments)} "
                              f"cluster ids but --data {config.data!r} {len(images)} images")
         backbone, _ = backbone_from_checkpoint(run.checkpoint)
-        features = whitened_features(backbone, images, config.image_size,
-                                     config.pca_dim or DEFAULT_PCA_DIM,
-                                     config.extract_batch_size or 256, 0, device,
-                                     config.feature_memory_gb or 2.0, progress)
+        device = device or default_device()
+        # A mixed-precision run's report extracts in bf16 where this machine computes in it
+        # natively (about half the time on such a CPU), else in float32.
+        precision = "32-true" if config.precision == "32-true" else "auto"
+        with autocast(precision, device):
+            features = whitened_features(backbone, images, config.image_size,
+                                         config.pca_dim or DEFAULT_PCA_DIM,
+                                         config.extract_batch_size or 256, 0, device,
+                                         config.feature_memory_gb or 2.0, progress)
         distances = centroid_distances(l2_normalise(features, copy=False), assignments)
         how = ("distances to the cluster's mean in the PCA-whitened, L2-normalised features of "
                "the checkpoint's backbone (extracted again for this report)")

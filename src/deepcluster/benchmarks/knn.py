@@ -20,6 +20,7 @@ from ..data import ArrayImageDataset
 from ..datasets import load_dataset
 from ..features import extract_global
 from ..models import Backbone
+from ..precision import autocast, resolve_precision
 from ..transforms import ChannelsLast, extraction_pipeline, is_small, pixel_pipeline
 
 DEFAULT_K = 20
@@ -89,10 +90,12 @@ def network_features(backbone: Backbone, image_size: int, data: str, split: str,
 
 def run_knn(checkpoint: str | Path, data: str, out: str | Path, random_init: bool = False,
             baselines: bool = False, k: int = DEFAULT_K, temperature: float = DEFAULT_TEMPERATURE,
-            workers: int = 0) -> dict[str, Any]:
+            workers: int = 0, precision: str = "32-true") -> dict[str, Any]:
     """k-NN top-1 on the test split from train-split features; writes ``out/results.json``.
 
     ``baselines`` adds the same network at random init and raw pixels as extra rows.
+    ``precision`` of the networks' extraction passes: "auto" or "bf16-mixed" gives bf16
+    convolutions (the online k-NN's in a bf16 run), about half the time on a CPU with bf16.
     """
     runs = [("random init" if random_init else "deepcluster", random_init)]
     if baselines and not random_init:
@@ -101,8 +104,9 @@ def run_knn(checkpoint: str | Path, data: str, out: str | Path, random_init: boo
     for name, untrained in runs:
         start = time.perf_counter()
         backbone, config = backbone_from_checkpoint(checkpoint, random_init=untrained)
-        train = network_features(backbone, config.image_size, data, "train", workers=workers)
-        test = network_features(backbone, config.image_size, data, "test", workers=workers)
+        with autocast(precision):
+            train = network_features(backbone, config.image_size, data, "train", workers=workers)
+            test = network_features(backbone, config.image_size, data, "test", workers=workers)
         rows.append({"features": name, "top1": knn_top1(*train, *test, k=k, temperature=temperature),
                      "dim": train[0].shape[1], "seconds": time.perf_counter() - start})
     if baselines:
@@ -113,6 +117,7 @@ def run_knn(checkpoint: str | Path, data: str, out: str | Path, random_init: boo
                      "top1": knn_top1(*train, *test, k=k, temperature=temperature),
                      "dim": train[0].shape[1], "seconds": time.perf_counter() - start})
     results = {"benchmark": "knn", "checkpoint": str(checkpoint), "data": data, "k": k,
-               "temperature": temperature, "split": "test", "rows": rows}
+               "temperature": temperature, "split": "test",
+               "precision": resolve_precision(precision, "cpu"), "rows": rows}
     save_json(results, Path(out) / "results.json")
     return results

@@ -19,6 +19,7 @@ from ..benchmarks.linear_run import results_table, run_linear
 from ..benchmarks.svm import COST_LISTS, DEFAULT_COSTS, LAYERS, LOWSHOT_KS, LOWSHOT_SAMPLES
 from ..benchmarks.svm_run import run_lowshot, run_svm
 from ..checkpoint import atomic_write
+from ..config import PRECISIONS
 from ..console import console
 from ..results import gather, load_results, render
 from . import main
@@ -46,10 +47,12 @@ def benchmark() -> None:
 @click.option("--k", default=20, show_default=True, help="neighbours")
 @click.option("--temperature", default=0.07, show_default=True)
 @click.option("--workers", default=0, show_default=True)
-def knn(checkpoint, data, out, random_init, baselines, k, temperature, workers) -> None:
+@click.option("--precision", type=click.Choice(PRECISIONS), default="32-true", show_default=True,
+              help="of the extraction passes (auto: bf16 where the chip computes in it natively)")
+def knn(checkpoint, data, out, random_init, baselines, k, temperature, workers, precision) -> None:
     """Weighted k-NN top-1 on the test split, from train-split features."""
     results = run_knn(checkpoint, data, out, random_init=random_init, baselines=baselines, k=k,
-                      temperature=temperature, workers=workers)
+                      temperature=temperature, workers=workers, precision=precision)
     console.print(knn_table(results))
     console.print(f"results: {Path(out) / 'results.json'}")
 

@@ -168,8 +168,9 @@ def demo(out: str, methods: str, epochs: int | None, precision: str | None) -> N
         start = time.perf_counter()
         checkpoint = _pretrain_or_reuse(config)
         seconds[method] = time.perf_counter() - start
+        # The k-NN's extraction in the run's precision: bf16 where it trained in bf16.
         results = run_knn(checkpoint, config.data, Path(out) / f"knn-{method}",
-                          baselines=index == 0)
+                          baselines=index == 0, precision=config.precision)
         results["rows"][0]["features"] = ("DeepCluster" if method == "v1" else "DeepCluster-v2")
         rows.insert(index, results["rows"][0])
         rows.extend(results["rows"][1:])

@@ -36,13 +36,14 @@ from ..errors import Diverged
 from ..methods import get_method
 from ..methods.base import Method, Refresh, RunContext
 from ..console import console, progress_bar
+from ..precision import resolve_precision
+from ..sampler import process_share
 from .checkpoints import checkpoint_path, load_run_state, save_run_state
 from .history import History, history_table, read_metrics_csv
 from .online_knn import OnlineKnn
-from ..sampler import process_share
 from .loaders import training_loader
-from .processes import (broadcast_buffers, local_batch_size, prepare_model, resolve_precision,
-                        seed_epoch, seed_process_stream, start_processes)
+from .processes import (broadcast_buffers, local_batch_size, prepare_model, seed_epoch,
+                        seed_process_stream, start_processes)
 from .resume import NothingToDo, check_resume
 from .run_lock import RunLock, RunLocked
 from .schedule import learning_rate

@@ -3,8 +3,6 @@ seeding that makes every epoch the same whether or not the run was resumed befor
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from lightning.fabric import Fabric
@@ -12,6 +10,7 @@ from torch import nn
 
 from ..config import PretrainConfig
 from ..distributed import broadcast_from_rank0, launched_by_torchrun
+from ..precision import resolve_precision
 
 
 def start_processes(config: PretrainConfig) -> Fabric:
@@ -29,26 +28,6 @@ def start_processes(config: PretrainConfig) -> Fabric:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     return fabric
-
-
-def resolve_precision(precision: str, accelerator: str = "auto") -> str:
-    """``precision``, with "auto" made "bf16-mixed" where the chip computes in bf16 natively (a
-    GPU that supports it, a CPU with AVX-512 BF16 or AMX) and "32-true" elsewhere: without those
-    instructions bf16 is emulated and runs several times slower than fp32."""
-    if precision != "auto":
-        return precision
-    if accelerator != "cpu" and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
-    return "bf16-mixed" if cpu_has_bf16() else "32-true"
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has bf16 arithmetic (Linux's flags; False where they cannot be read)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def local_batch_size(batch_size: int, world_size: int) -> int:
