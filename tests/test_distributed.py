@@ -235,6 +235,8 @@ V2 = dict(method="deepcluster-v2", k=10, prototype_sets=2, projection_dim=16, pr
 
 # The levers for short runs: sharded clean passes gathered, v1's sharded clustering first.
 V2_CLEAN = dict(bank="clean", first_targets="backbone")
+# v1's sharded clustering first, the bank of its prototypes projected from the shards' features.
+V2_BACKBONE = dict(first_targets="backbone")
 
 
 def _deterministic_multicrop(image_size, large, small, small_size, in_memory,
@@ -295,6 +297,9 @@ def _worker(rank, port, out, runs):
         results["v2"] = _run_v2(monkeypatch, out / "v2", devices=WORLD)
     with pytest.MonkeyPatch.context() as monkeypatch:
         results["v2-clean"] = _run_v2(monkeypatch, out / "v2-clean", devices=WORLD, **V2_CLEAN)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        results["v2-backbone"] = _run_v2(monkeypatch, out / "v2-backbone", devices=WORLD,
+                                         **V2_BACKBONE)
     assert dist.is_initialized() and dist.get_world_size() == WORLD
     results["pieces"] = _pieces(rank)
     dist.destroy_process_group()
@@ -320,6 +325,8 @@ def runs(spawned):
         single["v2"] = _run_v2(monkeypatch, out / "single-v2")
     with pytest.MonkeyPatch.context() as monkeypatch:
         single["v2-clean"] = _run_v2(monkeypatch, out / "single-v2-clean", **V2_CLEAN)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        single["v2-backbone"] = _run_v2(monkeypatch, out / "single-v2-backbone", **V2_BACKBONE)
     return out, ranks, single
 
 
@@ -445,6 +452,23 @@ def test_deepcluster_v2_clean_bank_and_backbone_targets_on_two_processes_train_a
     expected = load_checkpoint(want["checkpoint"])
     torch.testing.assert_close(trained["memory"], expected["memory"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(trained["memory"][0], trained["memory"][1])  # one clean pass
+
+
+def test_deepcluster_v2_backbone_targets_on_two_processes_train_as_one(runs):
+    # Each process projects its shard of the backbone clustering's features; the gathered bank
+    # gives the first prototypes. Rows out of order would give other prototypes, so another
+    # first epoch's loss, and other weights after it.
+    out, ranks, single = runs
+    want = single["v2-backbone"]
+    for rank in ranks:
+        got = rank["v2-backbone"]
+        assert got["history"][0]["train_s"] == 0  # no pass of its own before the first epoch
+        assert got["history"][1]["loss"] == pytest.approx(want["history"][1]["loss"], rel=1e-5)
+    trained = load_checkpoint(out / "v2-backbone" / "checkpoints" / "last.ckpt")
+    expected = load_checkpoint(want["checkpoint"])
+    for name, value in expected["backbone"].items():
+        torch.testing.assert_close(trained["backbone"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+    torch.testing.assert_close(trained["memory"], expected["memory"], rtol=1e-4, atol=1e-5)
 
 
 # --- two nodes on one machine: two torchrun invocations of the CLI, one process each -----------

@@ -148,6 +148,40 @@ def test_backbone_first_targets_are_v1s_first_clustering(tmp_path):
     assert v2.history[0]["nmi_labels"] == v1.history[0]["nmi_labels"]
 
 
+def test_backbone_first_targets_bank_the_projection_of_their_own_extraction(fashion_train):
+    """first_targets=backbone makes no pass of its own: the bank the first prototypes average is
+    the projector (train mode, batch by batch) of the features the clustering extracted."""
+    from types import SimpleNamespace
+
+    from lightning.fabric import Fabric
+
+    config = PretrainConfig(**{**SMALL, "subset": 200, "k": 10, "pca_dim": 16, "kmeans_iters": 5,
+                               "first_targets": "backbone", "extract_batch_size": 64})
+    method = DeepClusterV2(config, Fabric(accelerator="cpu", devices=1))
+    method.training_data()
+    method.build_model()
+    passes = []
+    run_context = SimpleNamespace(feature_sink=None, data=SimpleNamespace(labels=None),
+                                  forward_pass=lambda *args: passes.append(args))
+    refresh = method.initial_targets(run_context)
+    assert passes == [] and refresh.seconds.get("train_s", 0.0) == 0.0
+    extraction = extraction_pipeline(28, in_memory=True)
+    images = fashion_train.subset(200).with_transform(extraction.sample)
+    x = extraction.batch(torch.stack([images[i][0] for i in range(200)]))
+    # The backbone in eval mode, as extracted; the projector in train mode, in batches of 64 as
+    # extracted (its BatchNorm's statistics are the batch's)
+    backbone, projector = method.model.backbone.eval(), method.model.projector.train()
+    with torch.no_grad():
+        expected = torch.cat([nn.functional.normalize(projector(backbone(batch)), dim=1)
+                              for batch in x.split(64)])
+    torch.testing.assert_close(method.memory[0], expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(method.memory[1], expected, atol=1e-4, rtol=1e-4)
+    ids = method.targets[0]
+    for c in range(10):
+        mean = nn.functional.normalize(expected[ids == c].mean(0), dim=0)
+        torch.testing.assert_close(method.model.prototypes[0, c], mean, atol=1e-4, rtol=1e-4)
+
+
 def test_prototypes_of_a_given_clustering_are_its_clusters_mean_embeddings():
     from types import SimpleNamespace
 

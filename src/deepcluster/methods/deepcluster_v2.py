@@ -15,7 +15,8 @@ Two options leave SwAV's recipe for short runs on small images (``docs/v2_compar
 ``bank="clean"`` fills the bank before every clustering from one pass over the images without
 augmentation, in eval mode, instead of from the training pass; ``first_targets="backbone"``
 takes the first epoch's targets from v1's clustering of the untrained backbone's PCA-whitened
-features, with the clusters' mean embeddings as prototypes.
+features, with the clusters' mean embeddings as prototypes (the projector's embeddings of the
+features that clustering extracted, so it needs no pass of its own).
 
 The prototypes are never trained; an empty cluster keeps its previous centroid. Checkpoints have
 the same ``backbone`` and ``config`` as v1, so every benchmark reads them unchanged. Across
@@ -127,25 +128,38 @@ class DeepClusterV2(Method):
 
     def initial_targets(self, run: RunContext) -> Refresh:
         """The untrained network's bank (one pass of augmented crops in train mode, as SwAV, or
-        a clean pass), clustered; or v1's clustering of the backbone (``first_targets``), made
-        before the bank's pass moves the BatchNorm statistics."""
+        a clean pass), clustered; or v1's clustering of the backbone (``first_targets``)."""
         self.assignments = None
-        backbone_clustering = None
         if self.config.first_targets == "backbone":
-            backbone_clustering = cluster_backbone(self.model.backbone, self.eval_set,
-                                                   self.eval_batch, self.config, self.fabric,
-                                                   self.config.seed, feature_sink=run.feature_sink)
+            return self.start_from_backbone(run)
         seconds = 0.0
         if self.config.bank == "training":
             order = shuffled_order(self.memory.shape[1], self.config.seed, self.fabric.world_size)
             seconds = run.forward_pass(order, self.remember)
             self.after_pass(order, self.fabric.world_size)
-        if backbone_clustering is None:
-            refresh = self.refresh_targets(run, 0)
-        else:
-            refresh = self.start_from(*backbone_clustering, run)
+        refresh = self.refresh_targets(run, 0)
         refresh.seconds["train_s"] = seconds
         return refresh
+
+    def start_from_backbone(self, run: RunContext) -> Refresh:
+        """v1's clustering of the untrained backbone; the bank the prototypes are averaged from
+        holds the projector's embeddings (train mode) of the features that clustering extracted,
+        so that no second pass over the images is needed (a clean bank is filled by its own)."""
+        projected: list[torch.Tensor] = []
+
+        def project(features: torch.Tensor, labels: torch.Tensor) -> None:
+            projected.append(nn.functional.normalize(self.model.projector(features), dim=1).cpu())
+            if run.feature_sink is not None:
+                run.feature_sink(features, labels)
+
+        banked = self.config.bank == "training"
+        self.model.projector.train()
+        clustering, extract_s = cluster_backbone(
+            self.model.backbone, self.eval_set, self.eval_batch, self.config, self.fabric,
+            self.config.seed, feature_sink=project if banked else run.feature_sink)
+        if banked:
+            self.memory[:] = torch.from_numpy(gather_rows(torch.cat(projected).float().numpy()))
+        return self.start_from(clustering, extract_s, run)
 
     def start_from(self, clustering: ClusteringResult, extract_s: float,
                    run: RunContext) -> Refresh:
