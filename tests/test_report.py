@@ -132,6 +132,36 @@ def test_report_holds_curves_sizes_clusters_benchmarks_and_config(tiny_run, repo
     assert "pca_dim: 16" in html  # the config
 
 
+def test_report_ranks_cluster_members_by_the_distances_the_run_kept(tiny_run, monkeypatch):
+    """A v1 run keeps each image's distance to its centroid from its last clustering only, so the
+    report ranks members without extracting again; a fresh extraction orders them the same way."""
+    from scipy.stats import spearmanr
+
+    import deepcluster.run_report as run_report
+    from deepcluster.clustering import centroid_distances
+    from deepcluster.datasets import load_dataset
+
+    run, result, _ = tiny_run
+    assert [p.name for p in (run / "assignments").glob("distances_*.npy")] == ["distances_002.npy"]
+    kept = np.load(run / "assignments" / "distances_002.npy")
+    assignments = np.load(run / "assignments" / "epoch_002.npy")
+    backbone, config = backbone_from_checkpoint(result.checkpoint)
+    features = whitened_features(backbone, load_dataset("digits", "train"), config.image_size,
+                                 config.pca_dim, progress=False)
+    fresh = centroid_distances(l2_normalise(features), assignments)
+    assert spearmanr(kept, fresh).statistic > 0.95
+    assert spearmanr(kept, np.random.default_rng(0).permutation(fresh)).statistic < 0.2
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("the report extracted the features again")
+
+    monkeypatch.setattr(run_report, "whitened_features", no_extraction)
+    _, ids, distances, how = run_report.ranked_members(run_report.read_run(run), None, False)
+    np.testing.assert_array_equal(ids, assignments)
+    np.testing.assert_array_equal(distances, kept)
+    assert "that the run clustered" in how
+
+
 @pytest.mark.skipif(find_chromium() is None,
                     reason="chromium is not installed (scripts/setup_browser.sh installs "
                            "Debian's chromium as root; run 'apt-get install chromium')")

@@ -1,5 +1,5 @@
-"""Clusters as image grids: every image's distance to its cluster's centroid and its rank in the
-cluster, the clusters worth showing (the largest, and a few chosen at random), and for each one
+"""Clusters as image grids: every image's rank in its cluster by distance to the centroid
+(``clustering.centroid_distances``), the clusters worth showing (the largest, and a few chosen at random), and for each one
 a strip of the images nearest its centroid and a strip of random members, with the majority
 label and its share where the images have labels. Shared by the run report (``run_report``) and
 the cluster explorer (``explorer``); the PNGs are drawn with PIL.
@@ -29,33 +29,6 @@ class ClusterCard:
     members: str | None  # PNG of random members (None: the nearest are all of them)
     majority: str | None = None  # the most frequent label's name
     share: float | None = None  # its share of the cluster, in [0, 1]
-
-
-def centroid_distances(features: np.ndarray, assignments: np.ndarray,
-                       centroids: np.ndarray | None = None, chunk: int = 65536) -> np.ndarray:
-    """The squared Euclidean distance (float64) of every row of ``features`` to the centroid of
-    its cluster: ``centroids[assignments[i]]``, or where ``centroids`` is None the mean of the
-    cluster's rows. Works ``chunk`` rows at a time (no second N x D array)."""
-    assignments = np.asarray(assignments, dtype=np.int64)
-    if len(features) != len(assignments):
-        raise ValueError(f"{len(features)} feature rows but {len(assignments)} cluster ids")
-    if centroids is None:
-        centroids = cluster_means(features, assignments)
-    distances = np.empty(len(features), dtype=np.float64)
-    for start in range(0, len(features), chunk):
-        rows = np.asarray(features[start:start + chunk], dtype=np.float64)
-        difference = rows - centroids[assignments[start:start + chunk]]
-        distances[start:start + chunk] = np.einsum("ij,ij->i", difference, difference)
-    return distances
-
-
-def cluster_means(features: np.ndarray, assignments: np.ndarray) -> np.ndarray:
-    """The mean row of every cluster (float64, k x D; an empty cluster's is zero)."""
-    k = int(assignments.max()) + 1
-    sums = np.zeros((k, features.shape[1]), dtype=np.float64)
-    np.add.at(sums, assignments, np.asarray(features, dtype=np.float64))
-    counts = np.bincount(assignments, minlength=k)
-    return sums / np.maximum(counts, 1)[:, None]
 
 
 def ranks_in_clusters(assignments: np.ndarray, distances: np.ndarray) -> np.ndarray:

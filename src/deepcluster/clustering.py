@@ -34,6 +34,9 @@ class ClusteringResult:
     centroids: np.ndarray  # (k, pca_dim) float32
     inertia: float  # sum of squared distances to the assigned centroid
     seconds: float
+    # (N,) each image's squared distance to its centroid, where the step kept the clustered
+    # features at hand (v1's one-process clustering); None elsewhere
+    distances: np.ndarray | None = None
 
     @property
     def sizes(self) -> np.ndarray:
@@ -340,6 +343,33 @@ def cluster_whitened(whitened: np.ndarray, k: int, iterations: int = 20, seed: i
     assignments, centroids, inertia = kmeans(l2_normalise(whitened, copy=copy), k, iterations,
                                              seed, backend, distributed)
     return ClusteringResult(assignments, centroids, inertia, time.perf_counter() - start)
+
+
+def centroid_distances(features: np.ndarray, assignments: np.ndarray,
+                       centroids: np.ndarray | None = None, chunk: int = 65536) -> np.ndarray:
+    """The squared Euclidean distance (float64) of every row of ``features`` to the centroid of
+    its cluster: ``centroids[assignments[i]]``, or where ``centroids`` is None the mean of the
+    cluster's rows. Works ``chunk`` rows at a time (no second N x D array)."""
+    assignments = np.asarray(assignments, dtype=np.int64)
+    if len(features) != len(assignments):
+        raise ValueError(f"{len(features)} feature rows but {len(assignments)} cluster ids")
+    if centroids is None:
+        centroids = cluster_means(features, assignments)
+    distances = np.empty(len(features), dtype=np.float64)
+    for start in range(0, len(features), chunk):
+        rows = np.asarray(features[start:start + chunk], dtype=np.float64)
+        difference = rows - centroids[assignments[start:start + chunk]]
+        distances[start:start + chunk] = np.einsum("ij,ij->i", difference, difference)
+    return distances
+
+
+def cluster_means(features: np.ndarray, assignments: np.ndarray) -> np.ndarray:
+    """The mean row of every cluster (float64, k x D; an empty cluster's is zero)."""
+    k = int(assignments.max()) + 1
+    sums = np.zeros((k, features.shape[1]), dtype=np.float64)
+    np.add.at(sums, assignments, np.asarray(features, dtype=np.float64))
+    counts = np.bincount(assignments, minlength=k)
+    return sums / np.maximum(counts, 1)[:, None]
 
 
 def nmi(a: np.ndarray, b: np.ndarray) -> float:

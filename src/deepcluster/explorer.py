@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from .checkpoint import backbone_from_checkpoint
-from .cluster_grids import centroid_distances, cluster_cards, ranks_in_clusters
-from .clustering import check_k, cluster_whitened
+from .cluster_grids import cluster_cards, ranks_in_clusters
+from .clustering import centroid_distances, check_k, cluster_whitened
 from .console import progress_bar
 from .data import DataError, ImageDataset, ImageFileDataset
 from .datasets import load_dataset

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from .checkpoint import backbone_from_checkpoint, load_checkpoint
-from .cluster_grids import ClusterCard, centroid_distances, cluster_cards
-from .clustering import l2_normalise
+from .cluster_grids import ClusterCard, cluster_cards
+from .clustering import centroid_distances, l2_normalise
 from .config import PretrainConfig, load_yaml_config
 from .datasets import load_dataset
 from .engine.history import format_value, read_metrics_csv
@@ -179,10 +179,16 @@ def ranked_members(run: RunFolder, device: torch.device | None, progress: bool):
         distances = centroid_distances(features, assignments, state["prototypes"][0].double().numpy())
         how = "distances between the memory bank's embeddings and the prototypes"
     else:
-        assignments = np.load(run.assignments[max(run.assignments)]).astype(np.int64)
+        last = run.assignments[max(run.assignments)]
+        assignments = np.load(last).astype(np.int64)
         if len(assignments) != len(images):
-            raise ValueError(f"{run.assignments[max(run.assignments)]} has {len(assignments)} "
-                             f"cluster ids but --data {config.data!r} {len(images)} images")
+            raise ValueError(f"{last} has {len(assignments)} cluster ids but --data "
+                             f"{config.data!r} {len(images)} images")
+        kept = last.with_name(last.name.replace("epoch_", "distances_"))
+        if kept.is_file():
+            how = ("distances to the cluster's centroid in the PCA-whitened, L2-normalised "
+                   "features that the run clustered")
+            return images, assignments, np.load(kept).astype(np.float64), how
         backbone, _ = backbone_from_checkpoint(run.checkpoint)
         device = device or default_device()
         # A mixed-precision run's report extracts in bf16 where this machine computes in it

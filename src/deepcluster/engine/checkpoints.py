@@ -13,10 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import load_checkpoint, save_epoch_checkpoint
+from ..checkpoint import load_checkpoint, save_epoch_checkpoint, save_npy
 from ..config import PretrainConfig
 
 FORMAT = "deepcluster-run/2"
@@ -57,3 +58,13 @@ def load_run_state(path: str | Path) -> tuple[dict[str, Any], PretrainConfig]:
         raise ValueError(f"checkpoint {path} holds imported weights ({state['imported']['layout']} "
                          "layout), not a pretraining run of this tool; it cannot be resumed")
     return state, PretrainConfig.from_dict(state["config"], source=str(path))
+
+
+def keep_last_distances(folder: Path, epoch: int, distances: np.ndarray | None) -> None:
+    """``distances_EPOCH.npy`` (float32) in ``folder``, and no other epoch's: the run report
+    reads the last clustering's; a clustering without them leaves none."""
+    if distances is not None:
+        save_npy(distances.astype(np.float32), folder / f"distances_{epoch:03d}.npy")
+    for old in folder.glob("distances_*.npy"):
+        if distances is None or old.name != f"distances_{epoch:03d}.npy":
+            old.unlink()

@@ -38,7 +38,7 @@ from ..methods.base import Method, Refresh, RunContext
 from ..console import console, progress_bar
 from ..precision import resolve_precision
 from ..sampler import process_share
-from .checkpoints import checkpoint_path, load_run_state, save_run_state
+from .checkpoints import checkpoint_path, keep_last_distances, load_run_state, save_run_state
 from .history import History, history_table, read_metrics_csv
 from .online_knn import OnlineKnn
 from .loaders import training_loader
@@ -252,5 +252,6 @@ class Engine:
             if refresh.assignments is not None:
                 save_npy(refresh.assignments.astype(np.int32),
                          self.out / "assignments" / f"epoch_{epoch:03d}.npy")
+                keep_last_distances(self.out / "assignments", epoch, refresh.distances)
         self.history.add(row)
 

@@ -47,11 +47,14 @@ class TrainingData:
 @dataclass
 class Refresh:
     """What a refresh of the targets reports: the row's statistics and timings (in the order they
-    are logged) and the cluster ids that go to ``assignments/epoch_NNN.npy`` (None: none)."""
+    are logged), the cluster ids that go to ``assignments/epoch_NNN.npy`` (None: none) and each
+    image's squared distance to its centroid, kept for the last clustering only
+    (``assignments/distances_NNN.npy``; None: not at hand)."""
 
     stats: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     assignments: np.ndarray | None = None
+    distances: np.ndarray | None = None
 
 
 @dataclass

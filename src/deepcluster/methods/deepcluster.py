@@ -27,7 +27,8 @@ import torch
 from lightning.fabric import Fabric
 from torch import nn
 
-from ..clustering import ClusteringResult, check_k, cluster_features, cluster_whitened, nmi
+from ..clustering import (ClusteringResult, centroid_distances, check_k, cluster_features,
+                          cluster_whitened, nmi)
 from ..config import PretrainConfig
 from ..data import ArrayImageDataset, ImageFileDataset
 from ..device_decode import DecodeOnDevice, collate_encoded
@@ -186,7 +187,7 @@ def clustering_refresh(clustering: ClusteringResult, previous: np.ndarray | None
                "smallest_cluster": int(sizes[sizes > 0].min()),
                "largest_cluster": int(sizes.max())},
         seconds={"extract_s": extract_s, "cluster_s": clustering.seconds},
-        assignments=clustering.assignments)
+        assignments=clustering.assignments, distances=clustering.distances)
 
 
 def cluster_backbone(backbone: nn.Module, images, batch_transform: nn.Module,
@@ -218,5 +219,9 @@ def cluster_backbone(backbone: nn.Module, images, batch_transform: nn.Module,
     if not config.streaming_pca:
         return cluster_features(features, config.k, config.pca_dim, config.kmeans_iters, seed,
                                 config.kmeans_backend), extract_seconds
-    return cluster_whitened(features, config.k, config.kmeans_iters, seed,
-                            config.kmeans_backend, copy=False), extract_seconds
+    result = cluster_whitened(features, config.k, config.kmeans_iters, seed,
+                              config.kmeans_backend, copy=False)
+    # The clustered features (whitened and normalised in place) are at hand only here: the run
+    # report ranks each cluster's members by these distances instead of extracting again.
+    result.distances = centroid_distances(features, result.assignments, result.centroids)
+    return result, extract_seconds
