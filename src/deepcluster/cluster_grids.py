@@ -1,8 +1,8 @@
 """Clusters as image grids: every image's rank in its cluster by distance to the centroid
-(``clustering.centroid_distances``), the clusters worth showing (the largest, and a few chosen at random), and for each one
-a strip of the images nearest its centroid and a strip of random members, with the majority
-label and its share where the images have labels. Shared by the run report (``run_report``) and
-the cluster explorer (``explorer``); the PNGs are drawn with PIL.
+(``clustering.centroid_distances``), the clusters worth showing (the largest, and a few chosen
+at random), and for each one a strip of the images nearest its centroid and a strip of random
+members, with the majority label and its share where the images have labels. Shared by the
+run report (``run_report``) and the cluster explorer (``explorer``); the PNGs are drawn with PIL.
 """
 
 from __future__ import annotations
