@@ -145,7 +145,8 @@ DEMO_METHODS = {"v1": DEFAULT_PRESET, "v2": DEFAULT_V2_PRESET}
               help="which to pretrain: v1 (the default preset), v2 (DeepCluster-v2), or both")
 @click.option("--epochs", type=int, default=None, help="override the presets' epochs")
 @click.option("--precision", default=None, help="override the presets' auto (bf16-mixed where the "
-              "chip has bf16 arithmetic, else 32-true)")
+              "chip has bf16 arithmetic, else 32-true), for the pretraining and the k-NN's "
+              "extraction")
 def demo(out: str, methods: str, epochs: int | None, precision: str | None) -> None:
     """The quick start: pretrain DeepCluster (and DeepCluster-v2) with the default presets, then
     k-NN against random init and raw pixels."""
