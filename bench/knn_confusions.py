@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from sklearn.metrics import confusion_matrix
 
 from deepcluster.benchmarks.knn import (DEFAULT_K, DEFAULT_TEMPERATURE, network_features,
                                         weighted_knn_predict)
@@ -30,8 +31,7 @@ def confusions(checkpoint: str, data: str, random_init: bool, pairs: int) -> dic
     test_features, test_labels = network_features(backbone, config.image_size, data, "test")
     predicted = weighted_knn_predict(*train, test_features)
     classes = int(max(train[1].max(), test_labels.max())) + 1
-    matrix = np.zeros((classes, classes), dtype=np.int64)
-    np.add.at(matrix, (test_labels, predicted), 1)
+    matrix = confusion_matrix(test_labels, predicted, labels=range(classes))
     both_ways = [(int(matrix[i, j] + matrix[j, i]), i, j)
                  for i in range(classes) for j in range(i + 1, classes)]
     return {"top1": float((predicted == test_labels).mean() * 100),

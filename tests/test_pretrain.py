@@ -228,7 +228,6 @@ def test_layer_lr_decay_trains_each_stage_at_its_own_rate(tmp_path):
     assert len(plain["optimizer"]["param_groups"]) == 2  # as before the option: resumable
 
 
-
 COMMON = dict(data="fashion-mnist", subset=400, arch="small-cnn", batch_size=100, lr=0.05, seed=3,
               threads=1, knn_every=0, epochs=1)
 
