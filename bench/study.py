@@ -99,6 +99,14 @@ ROWS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "v2b-k300-pca128": (V2, 3, {"first_targets": "backbone", "k": 300, "pca_dim": 128}),
     # the large crops' smallest area 0.5 instead of 0.14 (session 16)
     "v2b-k300-crop0.5": (V2, 3, {"first_targets": "backbone", "k": 300, "crop_min_scale": 0.5}),
+    # and no small crops: at 28 px they hold 6-10 px of the image
+    "v2b-k300-crop0.5-small0": (V2, 3, {"first_targets": "backbone", "k": 300,
+                                        "crop_min_scale": 0.5, "small_crops": 0}),
+    # and small crops of 14-50 % of the image rather than SwAV's 5-14 %: the range below the
+    # large crops', as SwAV's small crops take the range below its large crops' 14-100 %
+    "v2b-k300-crop0.5-smallscale": (V2, 3, {"first_targets": "backbone", "k": 300,
+                                            "crop_min_scale": 0.5, "small_crop_min_scale": 0.14,
+                                            "small_crop_max_scale": 0.5}),
     "v2b-sets1": (V2, 3, {"first_targets": "backbone", "prototype_sets": 1}),
     "v2b-small16": (V2, 3, {"first_targets": "backbone", "small_crop_size": 16}),
     "v2b-wd1e-4": (V2, 3, {"first_targets": "backbone", "weight_decay": 1e-4}),

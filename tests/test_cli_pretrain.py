@@ -88,6 +88,11 @@ def test_an_option_of_another_method_is_an_error(tmp_path):
     assert "prototype_sets=2 is a deepcluster-v2 option; method 'deepcluster' does not use it" \
         in result.output
 
+    result = cli("pretrain", *TINY, "--small-crops", 1, "--augmentation", "strong",
+                 "--small-crop-min-scale", 0.3, "--out", tmp_path / "y", ok=False)
+    assert "small_crop_min_scale=0.3 must be below small_crop_max_scale=0.14" in result.output
+    assert not (tmp_path / "y").exists()
+
 
 def test_method_v2_without_a_preset_starts_from_the_v2_preset(tmp_path):
     from deepcluster.cli.pretrain import run_config

@@ -246,3 +246,17 @@ def test_crop_min_scale_reaches_every_methods_training_crops(tmp_path, options):
                        progress=False).history[-1]["loss"]
               for index, scale in enumerate((0.0, 0.0, 0.9))]
     assert losses[0] == losses[1] and losses[2] != losses[0], losses
+
+
+@pytest.mark.parametrize("options", [
+    dict(k=20, pca_dim=32, augmentation="strong", small_crops=1),
+    dict(method="deepcluster-v2", k=10, projection_hidden=32, projection_dim=16),
+], ids=["deepcluster-multicrop", "deepcluster-v2"])
+def test_small_crop_scale_reaches_the_small_crops(tmp_path, options):
+    losses = [pretrain(PretrainConfig(**COMMON, **options, out=str(tmp_path / f"run{index}"),
+                                      small_crop_min_scale=low, small_crop_max_scale=high),
+                       progress=False).history[-1]["loss"]
+              for index, (low, high) in enumerate(((0.0, 0.0), (0.05, 0.14), (0.14, 0.5)))]
+    # 0 is SwAV's 0.05-0.14 itself; another range changes what the small crops show
+    assert losses[0] == losses[1] and losses[2] != losses[0], losses
+

@@ -18,7 +18,7 @@ from typing import Any
 
 from .clustering import KMEANS_BACKENDS
 from .models import ARCHITECTURES
-from .transforms import AUGMENTATIONS
+from .transforms import AUGMENTATIONS, small_crop_scale
 
 V1, V2, SUPERVISED = "deepcluster", "deepcluster-v2", "supervised"
 METHODS = (V1, V2, SUPERVISED)
@@ -91,6 +91,8 @@ class PretrainConfig:
     extract_batch_size: int = option(512, "batch size of the extraction pass (v2: of its clean passes)", methods=(V1, V2), resume=True, minimum=1)
     small_crops: int = option({V1: 0, V2: 2}, "extra small crops per image (SwAV's multi-crop), each trained on with the image's target; v1 adds them to its one view and needs augmentation strong", methods=(V1, V2), minimum=0)
     small_crop_size: int = option(0, "side of the small crops in pixels (0: 3/7 of image_size, as 96 is of 224)", methods=(V1, V2), minimum=0)
+    small_crop_min_scale: float = option(0.0, "smallest area of a small crop, as a fraction of the image (0: SwAV's 0.05)", methods=(V1, V2), minimum=0, maximum=1)
+    small_crop_max_scale: float = option(0.0, "largest area of a small crop, as a fraction of the image (0: SwAV's 0.14)", methods=(V1, V2), minimum=0, maximum=1)
     # --- DeepCluster (v1) -----------------------------------------------------------------------
     reset_head: bool = option(True, "re-initialise the classifier head before every epoch (the cluster ids change meaning at each clustering)", methods=(V1,))
     head_hidden: int = option(0, "width of a hidden layer (Linear, BatchNorm, ReLU) between the backbone's feature and the classifier, kept across epochs (only the classifier is re-initialised); 0: the classifier alone", methods=(V1,), minimum=0)
@@ -119,6 +121,8 @@ class PretrainConfig:
                 value = method_default(spec, self.method)
                 object.__setattr__(self, spec.name, value)
             check_value(spec, value)
+        if self.small_crop_min_scale is not None:
+            small_crop_scale(self.small_crop_min_scale, self.small_crop_max_scale)  # min < max
 
     def to_dict(self) -> dict[str, Any]:
         """Every field that the method uses (unused ones are left out), and the version."""

@@ -224,6 +224,15 @@ def device_decode_pipeline(name: str | None, image_size: int, min_scale: float =
 SMALL_CROP_SCALE = (0.05, 0.14)
 
 
+def small_crop_scale(min_scale: float = 0.0, max_scale: float = 0.0) -> tuple[float, float]:
+    """The small crops' area range: SwAV's 0.05-0.14, either end replaced where it is above 0
+    (at 28 px SwAV's small crops hold 6-10 px of the image)."""
+    low, high = min_scale or SMALL_CROP_SCALE[0], max_scale or SMALL_CROP_SCALE[1]
+    if low >= high:
+        raise ValueError(f"small_crop_min_scale={low} must be below small_crop_max_scale={high}")
+    return low, high
+
+
 def small_crop_size(image_size: int, size: int = 0) -> int:
     """The small crops' side: ``size`` if given, else 96/224 of ``image_size`` (SwAV's ratio)."""
     return size or max(8, round(image_size * 96 / 224))
@@ -265,13 +274,14 @@ def _view_steps(size: int, scale: tuple[float, float], batched: bool) -> list:
 
 
 def multicrop_pipeline(image_size: int, large: int, small: int, small_size: int,
-                       in_memory: bool, large_min_scale: float = 0.0) -> Pipeline:
+                       in_memory: bool, large_min_scale: float = 0.0,
+                       small_scale: tuple[float, float] = SMALL_CROP_SCALE) -> Pipeline:
     """SwAV's multi-crop: ``large`` crops at ``image_size`` (scale 0.14-1, or ``large_min_scale``-1)
-    and ``small`` crops at ``small_size`` (scale 0.05-0.14), each flipped and
-    brightness/contrast-jittered."""
+    and ``small`` crops at ``small_size`` (scale ``small_scale``, SwAV's 0.05-0.14), each
+    flipped and brightness/contrast-jittered."""
     small_size = small_crop_size(image_size, small_size)
     large_scale = crop_scale("strong", large_min_scale)  # the strong augmentation's is SwAV's
-    crops = ((image_size, large_scale), (small_size, SMALL_CROP_SCALE))
+    crops = ((image_size, large_scale), (small_size, small_scale))
     if in_memory:
         batch_normalise = _batch_normalise(image_size)
         views = [nn.Sequential(_ToFloatRGB(), *_view_steps(size, scale, True), batch_normalise)
