@@ -88,6 +88,8 @@ def test_an_option_of_another_method_is_an_error(tmp_path):
     assert "prototype_sets=2 is a deepcluster-v2 option; method 'deepcluster' does not use it" \
         in result.output
 
+
+def test_a_small_crop_range_that_ends_before_it_starts_is_refused(tmp_path):
     result = cli("pretrain", *TINY, "--small-crops", 1, "--augmentation", "strong",
                  "--small-crop-min-scale", 0.3, "--out", tmp_path / "y", ok=False)
     assert "small_crop_min_scale=0.3 must be below small_crop_max_scale=0.14" in result.output

@@ -240,7 +240,7 @@ V2_BACKBONE = dict(first_targets="backbone")
 
 
 def _deterministic_multicrop(image_size, large, small, small_size, in_memory,
-                             large_min_scale=0.0, small_scale=None):
+                             large_min_scale=0.0, small_min_scale=0.0, small_max_scale=0.0):
     """Multi-crop views without randomness (resized copies): every process then sees the views
     one process sees (the augmentation streams of the processes differ by design)."""
     big = extraction_pipeline(image_size, in_memory)

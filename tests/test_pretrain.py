@@ -259,4 +259,3 @@ def test_small_crop_scale_reaches_the_small_crops(tmp_path, options):
               for index, (low, high) in enumerate(((0.0, 0.0), (0.05, 0.14), (0.14, 0.5)))]
     # 0 is SwAV's 0.05-0.14 itself; another range changes what the small crops show
     assert losses[0] == losses[1] and losses[2] != losses[0], losses
-

@@ -275,12 +275,13 @@ def _view_steps(size: int, scale: tuple[float, float], batched: bool) -> list:
 
 def multicrop_pipeline(image_size: int, large: int, small: int, small_size: int,
                        in_memory: bool, large_min_scale: float = 0.0,
-                       small_scale: tuple[float, float] = SMALL_CROP_SCALE) -> Pipeline:
+                       small_min_scale: float = 0.0, small_max_scale: float = 0.0) -> Pipeline:
     """SwAV's multi-crop: ``large`` crops at ``image_size`` (scale 0.14-1, or ``large_min_scale``-1)
-    and ``small`` crops at ``small_size`` (scale ``small_scale``, SwAV's 0.05-0.14), each
-    flipped and brightness/contrast-jittered."""
+    and ``small`` crops at ``small_size`` (scale 0.05-0.14, or ``small_crop_scale``'s range),
+    each flipped and brightness/contrast-jittered."""
     small_size = small_crop_size(image_size, small_size)
     large_scale = crop_scale("strong", large_min_scale)  # the strong augmentation's is SwAV's
+    small_scale = small_crop_scale(small_min_scale, small_max_scale)
     crops = ((image_size, large_scale), (small_size, small_scale))
     if in_memory:
         batch_normalise = _batch_normalise(image_size)

@@ -38,8 +38,7 @@ from ..models import DeepClusterModel, build_backbone, reset_head
 from ..sampler import padded_length, uniform_cluster_indices
 from ..sharded_clustering import cluster_shards
 from ..transforms import (ChannelsLast, PerView, Pipeline, device_decode_pipeline,
-                          extraction_pipeline, is_small, multicrop_pipeline, small_crop_scale,
-                          training_pipeline)
+                          extraction_pipeline, is_small, multicrop_pipeline, training_pipeline)
 from .base import Method, Refresh, RunContext, TrainingData, check_finite
 
 
@@ -82,8 +81,7 @@ class DeepCluster(Method):
                              "'strong'")
         return multicrop_pipeline(config.image_size, 1, config.small_crops,
                                   config.small_crop_size, in_memory, config.crop_min_scale,
-                                  small_crop_scale(config.small_crop_min_scale,
-                                                   config.small_crop_max_scale))
+                                  config.small_crop_min_scale, config.small_crop_max_scale)
 
     def _decoded_on_device(self, images) -> tuple[tuple, tuple, Any]:
         """The files' bytes for the loader; decoding, crops and augmentation on the device."""

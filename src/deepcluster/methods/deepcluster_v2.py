@@ -40,8 +40,7 @@ from ..distributed import all_gather_columns, broadcast_from_rank0, gather_rows,
 from ..features import extract_global
 from ..models import Backbone, build_backbone
 from ..sampler import padded_length, process_share, shuffled_order
-from ..transforms import (ChannelsLast, PerView, extraction_set, is_small, multicrop_pipeline,
-                          small_crop_scale)
+from ..transforms import ChannelsLast, PerView, extraction_set, is_small, multicrop_pipeline
 from .base import Method, Refresh, RunContext, TrainingData, check_finite
 from .deepcluster import cluster_backbone, clustering_refresh
 
@@ -111,8 +110,7 @@ class DeepClusterV2(Method):
         in_memory = isinstance(images, ArrayImageDataset) and is_small(config.image_size)
         pipeline = multicrop_pipeline(config.image_size, config.large_crops, config.small_crops,
                                       config.small_crop_size, in_memory, config.crop_min_scale,
-                                      small_crop_scale(config.small_crop_min_scale,
-                                                       config.small_crop_max_scale))
+                                      config.small_crop_min_scale, config.small_crop_max_scale)
         batch_transform = pipeline.batch
         if config.channels_last:
             batch_transform = nn.Sequential(batch_transform, PerView(ChannelsLast()))
