@@ -109,6 +109,19 @@ ROWS: dict[str, tuple[str, int, dict[str, Any]]] = {
     "v2b-k300-crop0.5-smallscale": (V2, 3, {"first_targets": "backbone", "k": 300,
                                             "crop_min_scale": 0.5, "small_crop_min_scale": 0.14,
                                             "small_crop_max_scale": 0.5}),
+    # and every clustering v1's clustering of the backbone, not of the projector's bank (session
+    # 19: the embeddings' k-NN is 1.5-2 points below the backbone's at every epoch)
+    "v2b-k300-crop0.5-smallscale-bankbackbone": (V2, 3, {"first_targets": "backbone", "k": 300,
+                                                         "crop_min_scale": 0.5,
+                                                         "small_crop_min_scale": 0.14,
+                                                         "small_crop_max_scale": 0.5,
+                                                         "bank": "backbone"}),
+    # the same in 2 epochs (its cosine sized to 2)
+    "v2b-k300-crop0.5-smallscale-bankbackbone-2ep": (V2, 2, {"first_targets": "backbone",
+                                                             "k": 300, "crop_min_scale": 0.5,
+                                                             "small_crop_min_scale": 0.14,
+                                                             "small_crop_max_scale": 0.5,
+                                                             "bank": "backbone"}),
     "v2b-sets1": (V2, 3, {"first_targets": "backbone", "prototype_sets": 1}),
     "v2b-small16": (V2, 3, {"first_targets": "backbone", "small_crop_size": 16}),
     "v2b-wd1e-4": (V2, 3, {"first_targets": "backbone", "weight_decay": 1e-4}),

@@ -205,6 +205,35 @@ def test_prototypes_of_a_given_clustering_are_its_clusters_mean_embeddings():
         assert torch.equal(method.model.prototypes[s, 19], random_prototypes[s, 19])
 
 
+def test_a_backbone_bank_takes_every_epochs_targets_from_v1s_clustering_of_the_backbone(tmp_path):
+    """bank=backbone: the clustering after epoch 1 is v1's clustering (extraction, PCA, k-means
+    with the epoch's seed) of the backbone that epoch trained, for every prototype set, and its
+    prototypes are the clusters' mean embeddings of the projected features."""
+    from lightning.fabric import Fabric
+
+    from deepcluster.methods.deepcluster import cluster_backbone
+
+    options = dict(subset=200, k=10, pca_dim=16, kmeans_iters=5, epochs=1, precision="32-true")
+    result = run(tmp_path, "backbone", bank="backbone", **options)
+    state = load_checkpoint(result.checkpoint)
+    config = PretrainConfig(**{**SMALL, **options, "bank": "backbone"})
+    method = DeepClusterV2(config, Fabric(accelerator="cpu", devices=1, precision="32-true"))
+    method.training_data()
+    method.build_model()
+    method.model.backbone.load_state_dict(state["backbone"])
+    expected, _ = cluster_backbone(method.model.backbone, method.eval_set, method.eval_batch,
+                                   config, method.fabric, seed=config.seed + 1)
+    after_epoch_1 = np.load(tmp_path / "backbone" / "assignments" / "epoch_001.npy")
+    np.testing.assert_array_equal(after_epoch_1, expected.assignments)
+    for ids in state["assignments"]:
+        np.testing.assert_array_equal(ids.numpy(), expected.assignments)
+    ids = torch.from_numpy(expected.assignments.astype(np.int64))
+    for c in ids.unique():
+        mean = nn.functional.normalize(state["memory"][0][ids == c].mean(0), dim=0)
+        torch.testing.assert_close(state["prototypes"][0, c], mean, atol=1e-5, rtol=1e-5)
+    assert result.history[1]["nmi_previous"] is not None and result.history[1]["extract_s"] > 0
+
+
 def test_a_clean_bank_holds_the_eval_mode_embeddings_of_unaugmented_images(tmp_path,
                                                                           fashion_train):
     result = run(tmp_path, "clean", subset=200, k=10, epochs=1, bank="clean", kmeans_iters=5)

@@ -32,7 +32,7 @@ LR_SCHEDULES = ("constant", "cosine", "cosine-epoch")
 EPOCH_DEPENDENT_SCHEDULES = ("cosine", "cosine-epoch")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 CONFIG_VERSION = 2
-BANKS = ("training", "clean")  # DeepCluster-v2's memory bank
+BANKS = ("training", "clean", "backbone")  # DeepCluster-v2's memory bank
 FIRST_TARGETS = ("bank", "backbone")
 V1_FIELDS_SINCE_VERSION_2 = ("small_crops", "small_crop_size")
 
@@ -105,7 +105,7 @@ class PretrainConfig:
     projection_hidden: int = option(512, "hidden width of the projection MLP", methods=(V2,), minimum=1)
     temperature: float = option(0.1, "softmax temperature of the embedding-prototype similarities", methods=(V2,), minimum=1e-300)
     large_crops: int = option(2, "full-size crops per image (each keeps its own memory bank)", methods=(V2,), minimum=1)
-    bank: str = option("training", "what each clustering clusters: training (the large crops' embeddings written during the last training pass, as SwAV does) or clean (one pass over the images without augmentation, in eval mode, before every clustering)", methods=(V2,), choices=BANKS)
+    bank: str = option("training", "what each clustering clusters: training (the large crops' embeddings written during the last training pass, as SwAV does), clean (one pass over the images without augmentation, in eval mode, before every clustering) or backbone (every clustering is v1's clustering of the backbone's PCA-whitened features, the prototypes the clusters' mean embeddings, as first_targets=backbone does for the first)", methods=(V2,), choices=BANKS)
     first_targets: str = option("bank", "the first epoch's targets: bank (the clusters of the untrained network's embeddings) or backbone (v1's clustering of the backbone's PCA-whitened features, for every set; its prototypes are the clusters' mean embeddings)", methods=(V2,), choices=FIRST_TARGETS)
 
     def __post_init__(self) -> None:

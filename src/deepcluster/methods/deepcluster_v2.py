@@ -16,7 +16,9 @@ Two options leave SwAV's recipe for short runs on small images (``docs/v2_compar
 augmentation, in eval mode, instead of from the training pass; ``first_targets="backbone"``
 takes the first epoch's targets from v1's clustering of the untrained backbone's PCA-whitened
 features, with the clusters' mean embeddings as prototypes (the projector's embeddings of the
-features that clustering extracted, so it needs no pass of its own).
+features that clustering extracted, so it needs no pass of its own); ``bank="backbone"`` does so
+before every epoch (one extraction pass each), so that the targets come from the space the
+benchmarks judge rather than from the projector's.
 
 The prototypes are never trained; an empty cluster keeps its previous centroid. Checkpoints have
 the same ``backbone`` and ``config`` as v1, so every benchmark reads them unchanged. Across
@@ -97,6 +99,7 @@ def swapped_loss(embeddings: torch.Tensor, prototypes: torch.Tensor, targets: to
 class DeepClusterV2(Method):
     name = "deepcluster-v2"
     title = "DeepCluster-v2 pretraining"
+    assignments: np.ndarray | None = None  # the first set's ids of the last clustering
 
     def training_data(self) -> TrainingData:
         config = self.config
@@ -131,8 +134,8 @@ class DeepClusterV2(Method):
         """The untrained network's bank (one pass of augmented crops in train mode, as SwAV, or
         a clean pass), clustered; or v1's clustering of the backbone (``first_targets``)."""
         self.assignments = None
-        if self.config.first_targets == "backbone":
-            return self.start_from_backbone(run)
+        if self.config.first_targets == "backbone" or self.config.bank == "backbone":
+            return self.start_from_backbone(run, self.config.seed)
         seconds = 0.0
         if self.config.bank == "training":
             order = shuffled_order(self.memory.shape[1], self.config.seed, self.fabric.world_size)
@@ -142,10 +145,11 @@ class DeepClusterV2(Method):
         refresh.seconds["train_s"] = seconds
         return refresh
 
-    def start_from_backbone(self, run: RunContext) -> Refresh:
-        """v1's clustering of the untrained backbone; the bank the prototypes are averaged from
-        holds the projector's embeddings (train mode) of the features that clustering extracted,
-        so that no second pass over the images is needed (a clean bank is filled by its own)."""
+    def start_from_backbone(self, run: RunContext, seed: int) -> Refresh:
+        """v1's clustering of the backbone (k-means seed ``seed``); the bank the prototypes are
+        averaged from holds the projector's embeddings (train mode) of the features that
+        clustering extracted, so that no second pass over the images is needed (a clean bank is
+        filled by its own)."""
         projected: list[torch.Tensor] = []
 
         def project(features: torch.Tensor, labels: torch.Tensor) -> None:
@@ -153,11 +157,11 @@ class DeepClusterV2(Method):
             if run.feature_sink is not None:
                 run.feature_sink(features, labels)
 
-        banked = self.config.bank == "training"
+        banked = self.config.bank != "clean"
         self.model.projector.train()
         clustering, extract_s = cluster_backbone(
             self.model.backbone, self.eval_set, self.eval_batch, self.config, self.fabric,
-            self.config.seed, feature_sink=project if banked else run.feature_sink)
+            seed, feature_sink=project if banked else run.feature_sink)
         if banked:
             self.memory[:] = torch.from_numpy(gather_rows(torch.cat(projected).float().numpy()))
         return self.start_from(clustering, extract_s, run)
@@ -177,7 +181,8 @@ class DeepClusterV2(Method):
             sums = torch.zeros_like(prototypes[s]).index_add_(0, ids, bank)
             prototypes[s, filled] = nn.functional.normalize(sums[filled], dim=1)
         self.model.prototypes.copy_(prototypes)
-        refresh = clustering_refresh(clustering, None, run.data.labels, extract_s=extract_s)
+        refresh = clustering_refresh(clustering, self.assignments, run.data.labels,
+                                     extract_s=extract_s)
         self.set_assignments(ids.repeat(len(prototypes), 1))
         return refresh
 
@@ -223,8 +228,11 @@ class DeepClusterV2(Method):
                                [list(process_share(order, r, world)) for r in range(world)])
 
     def refresh_targets(self, run: RunContext, epoch: int) -> Refresh:
-        """Cluster the memory bank (seed of ``epoch``); the first set stands for the epoch in the
-        log (extract_s: the clean pass, 0 without one)."""
+        """Cluster the memory bank (seed of ``epoch``), or the backbone (``bank="backbone"``);
+        the first set stands for the epoch in the log (extract_s: the clean pass, 0 without
+        one)."""
+        if self.config.bank == "backbone":
+            return self.start_from_backbone(run, self.config.seed + epoch)
         extract_s = self.embed_clean() if self.config.bank == "clean" else 0.0
         start = time.perf_counter()
         check_finite(self.memory, "the memory bank's embeddings")
