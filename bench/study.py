@@ -38,11 +38,12 @@ from deepcluster.presets import get_preset
 V1, V2 = "fashion-mnist", "fashion-mnist-v2"
 # Fields every row of a preset starts from. The presets have changed since the rows were measured
 # (v1: PCA 128, the v1-pca128 rows; a hidden layer, the v1-h512 rows; crops of 50-100 %, the
-# crop0.5 rows; v2: k = 300, the v2b-k300 row; its crops, the v2b-k300-crop0.5-smallscale row),
+# crop0.5 rows; v2: k = 300, the v2b-k300 row; its crops, the v2b-k300-crop0.5-smallscale row;
+# the backbone's clustering in 2 epochs, the v2b-k300-crop0.5-smallscale-bankbackbone-2ep row),
 # so the rows keep the earlier values and stay reproducible.
 BASE: dict[str, dict[str, Any]] = {V1: {"pca_dim": 64, "head_hidden": 0, "crop_min_scale": 0.0},
                                    V2: {"k": 100, "crop_min_scale": 0.0, "small_crop_min_scale": 0.0,
-                                        "small_crop_max_scale": 0.0}}
+                                        "small_crop_max_scale": 0.0, "bank": "training"}}
 # The v1 preset of sessions 10 to 15: PCA 128 and a hidden layer of 512
 V1_HIDDEN: dict[str, Any] = {"pca_dim": 128, "head_hidden": 512}
 
