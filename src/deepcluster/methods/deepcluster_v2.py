@@ -11,14 +11,15 @@ v1 idea with a projection head, prototypes, multi-crop and no extraction pass.
      into the memory bank at the image's index (so the bank is in dataset order);
   3. the learning rate follows the run's schedule every step (the preset: warm-up, then cosine).
 
-Two options leave SwAV's recipe for short runs on small images (``docs/v2_comparison.md``):
+Three settings leave SwAV's recipe for short runs on small images (``docs/v2_comparison.md``):
 ``bank="clean"`` fills the bank before every clustering from one pass over the images without
 augmentation, in eval mode, instead of from the training pass; ``first_targets="backbone"``
 takes the first epoch's targets from v1's clustering of the untrained backbone's PCA-whitened
 features, with the clusters' mean embeddings as prototypes (the projector's embeddings of the
 features that clustering extracted, so it needs no pass of its own); ``bank="backbone"`` does so
-before every epoch (one extraction pass each), so that the targets come from the space the
-benchmarks judge rather than from the projector's.
+before every epoch (one extraction pass each; the preset's), so that the targets come from the
+space the benchmarks judge: at 28 px the projector's embedding has a k-NN 1.5-2 points below the
+backbone's at every epoch (docs/study.md, session 19).
 
 The prototypes are never trained; an empty cluster keeps its previous centroid. Checkpoints have
 the same ``backbone`` and ``config`` as v1, so every benchmark reads them unchanged. Across
