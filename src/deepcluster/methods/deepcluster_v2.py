@@ -133,7 +133,8 @@ class DeepClusterV2(Method):
 
     def initial_targets(self, run: RunContext) -> Refresh:
         """The untrained network's bank (one pass of augmented crops in train mode, as SwAV, or
-        a clean pass), clustered; or v1's clustering of the backbone (``first_targets``)."""
+        a clean pass), clustered; or v1's clustering of the backbone (``first_targets`` or
+        ``bank="backbone"``)."""
         self.assignments = None
         if self.config.first_targets == "backbone" or self.config.bank == "backbone":
             return self.start_from_backbone(run, self.config.seed)
