@@ -182,7 +182,7 @@ def test_backbone_first_targets_bank_the_projection_of_their_own_extraction(fash
         torch.testing.assert_close(method.model.prototypes[0, c], mean, atol=1e-4, rtol=1e-4)
 
 
-def test_prototypes_of_a_given_clustering_are_its_clusters_mean_embeddings():
+def test_each_sets_prototypes_are_the_mean_embeddings_of_its_own_clustering():
     from types import SimpleNamespace
 
     from lightning.fabric import Fabric
@@ -193,11 +193,15 @@ def test_prototypes_of_a_given_clustering_are_its_clusters_mean_embeddings():
     method.build_model()
     method.memory = normalised(2, 60, 32)
     random_prototypes = method.model.prototypes.clone()
-    ids = np.arange(60) % 19  # cluster 19 of k = 20 stays empty
-    clustering = ClusteringResult(ids, np.zeros((20, 4), np.float32), 0.0, 0.0)
-    refresh = method.start_from(clustering, 0.0, SimpleNamespace(data=SimpleNamespace(labels=None)))
+    # Set s has its own clustering; cluster 19 of k = 20 stays empty in every one
+    all_ids = [np.roll(np.arange(60) % 19, s) for s in range(3)]
+    clusterings = [ClusteringResult(ids, np.zeros((20, 4), np.float32), 0.0, 0.0)
+                   for ids in all_ids]
+    refresh = method.start_from(clusterings, 0.0,
+                                SimpleNamespace(data=SimpleNamespace(labels=None)))
     assert refresh.stats["empty_clusters"] == 1
-    for s in range(3):
+    np.testing.assert_array_equal(method.assignments, all_ids[0])  # the first one is logged
+    for s, ids in enumerate(all_ids):
         np.testing.assert_array_equal(method.targets[s].numpy(), ids)
         for c in range(19):
             expected = nn.functional.normalize(method.memory[s % 2][ids == c].mean(0), dim=0)
@@ -207,10 +211,12 @@ def test_prototypes_of_a_given_clustering_are_its_clusters_mean_embeddings():
 
 def test_a_backbone_bank_takes_every_epochs_targets_from_v1s_clustering_of_the_backbone(tmp_path):
     """bank=backbone: the clustering after epoch 1 is v1's clustering (extraction, PCA, k-means
-    with the epoch's seed) of the backbone that epoch trained, for every prototype set, and its
-    prototypes are the clusters' mean embeddings of the projected features."""
+    with the epoch's seed) of the backbone that epoch trained; the other prototype sets are
+    k-means runs of the same features with other seeds, and every set's prototypes are its
+    clusters' mean embeddings of the projected features."""
     from lightning.fabric import Fabric
 
+    from deepcluster.clustering import nmi
     from deepcluster.methods.deepcluster import cluster_backbone
 
     options = dict(subset=200, k=10, pca_dim=16, kmeans_iters=5, epochs=1, precision="32-true")
@@ -221,16 +227,17 @@ def test_a_backbone_bank_takes_every_epochs_targets_from_v1s_clustering_of_the_b
     method.training_data()
     method.build_model()
     method.model.backbone.load_state_dict(state["backbone"])
+    seed = config.seed + 1
     expected, _ = cluster_backbone(method.model.backbone, method.eval_set, method.eval_batch,
-                                   config, method.fabric, seed=config.seed + 1)
+                                   config, method.fabric, seeds=[seed, seed + 1000, seed + 2000])
     after_epoch_1 = np.load(tmp_path / "backbone" / "assignments" / "epoch_001.npy")
-    np.testing.assert_array_equal(after_epoch_1, expected.assignments)
-    for ids in state["assignments"]:
-        np.testing.assert_array_equal(ids.numpy(), expected.assignments)
-    ids = torch.from_numpy(expected.assignments.astype(np.int64))
-    for c in ids.unique():
-        mean = nn.functional.normalize(state["memory"][0][ids == c].mean(0), dim=0)
-        torch.testing.assert_close(state["prototypes"][0, c], mean, atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(after_epoch_1, expected[0].assignments)
+    for s, (ids, clustering) in enumerate(zip(state["assignments"], expected)):
+        np.testing.assert_array_equal(ids.numpy(), clustering.assignments)
+        for c in ids.unique():
+            mean = nn.functional.normalize(state["memory"][s % 2][ids == c].mean(0), dim=0)
+            torch.testing.assert_close(state["prototypes"][s, c], mean, atol=1e-5, rtol=1e-5)
+    assert nmi(expected[0].assignments, expected[1].assignments) < 0.99  # not one clustering
     assert result.history[1]["nmi_previous"] is not None and result.history[1]["extract_s"] > 0
 
 

@@ -33,7 +33,10 @@ FASHION_MNIST = PretrainConfig(precision="auto", augmentation="strong", pca_dim=
 # memory bank, whose k-NN is 1.5-2 points below the backbone's at every epoch: in 2 epochs k-NN
 # 87.27, linear 87.66 and MNIST k-NN 95.54 over 3 seeds, against the training bank's 86.62 /
 # 87.28 / 95.44 in 3, so 2 epochs (one extraction pass each, about 11 s on both cores); within
-# 15 minutes k-NN 88.41 and linear 89.10 (3 seeds; docs/study.md, session 19).
+# 15 minutes k-NN 88.41 and linear 89.10 (3 seeds; docs/study.md, session 19), within 60 minutes
+# 89.33 and 89.86 (seed 0, 30 epochs, session 20). Those runs gave the three prototype sets one
+# clustering; one k-means per set, as v2's reference, gave 87.44 / 87.68 / 95.74 in 2 epochs
+# (3 seeds, session 20).
 FASHION_MNIST_V2 = PretrainConfig(
     method="deepcluster-v2", precision="auto", kmeans_iters=10, lr_schedule="cosine",
     warmup_epochs=0.5, epochs=2, first_targets="backbone", bank="backbone", k=300,

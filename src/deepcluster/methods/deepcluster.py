@@ -157,8 +157,10 @@ class DeepCluster(Method):
 
     def cluster(self, seed: int, feature_sink=None) -> tuple[ClusteringResult, float]:
         """Steps 1-3 on the current backbone (``cluster_backbone``)."""
-        return cluster_backbone(self.model.backbone, self.eval_set, self.eval_batch, self.config,
-                                self.fabric, seed, self.collate, feature_sink)
+        [clustering], extract_seconds = cluster_backbone(
+            self.model.backbone, self.eval_set, self.eval_batch, self.config, self.fabric, [seed],
+            self.collate, feature_sink)
+        return clustering, extract_seconds
 
     def state_dict(self) -> dict[str, Any]:
         hidden = {"hidden": self.model.hidden.state_dict()} if self.config.head_hidden else {}
@@ -192,12 +194,13 @@ def clustering_refresh(clustering: ClusteringResult, previous: np.ndarray | None
 
 
 def cluster_backbone(backbone: nn.Module, images, batch_transform: nn.Module,
-                     config: PretrainConfig, fabric: Fabric, seed: int, collate=None,
-                     feature_sink=None) -> tuple[ClusteringResult, float]:
+                     config: PretrainConfig, fabric: Fabric, seeds: Sequence[int], collate=None,
+                     feature_sink=None) -> tuple[list[ClusteringResult], float]:
     """Extract the backbone's global features of ``images`` (eval mode, ``batch_transform`` on
-    every batch), PCA-whiten, k-means: every process gets the same N ids. Returns the result and
-    the extraction seconds (with ``streaming_pca``, the PCA is fitted during extraction and
-    counted in them). ``feature_sink``: gets every extracted batch (``RunContext.feature_sink``)."""
+    every batch), PCA-whiten, then one k-means per seed of ``seeds``: every process gets the same
+    N ids of each. Returns the clusterings and the extraction seconds (with ``streaming_pca``, the
+    PCA is fitted during extraction and counted in them). ``feature_sink``: gets every extracted
+    batch (``RunContext.feature_sink``)."""
     sharded = is_distributed()
     options = dict(batch_size=config.extract_batch_size, workers=config.workers,
                    device=fabric.device, progress=fabric.is_global_zero,
@@ -215,14 +218,21 @@ def cluster_backbone(backbone: nn.Module, images, batch_transform: nn.Module,
         fabric.barrier()  # the extraction time of the slowest process
     extract_seconds = time.perf_counter() - start
     check_finite(features, "the features of the extraction pass")
-    if sharded:
-        return cluster_shards(features, len(images), config, seed), extract_seconds
+    return [cluster_extracted(features, len(images), config, seed) for seed in seeds], extract_seconds
+
+
+def cluster_extracted(features: np.ndarray, num: int, config: PretrainConfig,
+                      seed: int) -> ClusteringResult:
+    """Steps 2-3 on ``cluster_backbone``'s features (this process's shard of ``num`` rows when
+    distributed; already whitened with ``streaming_pca``, which this normalises in place)."""
+    if is_distributed():
+        return cluster_shards(features, num, config, seed)
     if not config.streaming_pca:
         return cluster_features(features, config.k, config.pca_dim, config.kmeans_iters, seed,
-                                config.kmeans_backend), extract_seconds
+                                config.kmeans_backend)
     result = cluster_whitened(features, config.k, config.kmeans_iters, seed,
                               config.kmeans_backend, copy=False)
     # The clustered features (whitened and normalised in place) are at hand only here: the run
     # report ranks each cluster's members by these distances instead of extracting again.
     result.distances = centroid_distances(features, result.assignments, result.centroids)
-    return result, extract_seconds
+    return result

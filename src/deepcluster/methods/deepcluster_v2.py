@@ -19,7 +19,8 @@ features, with the clusters' mean embeddings as prototypes (the projector's embe
 features that clustering extracted, so it needs no pass of its own); ``bank="backbone"`` does so
 before every epoch (one extraction pass each; the preset's), so that the targets come from the
 space the benchmarks judge: at 28 px the projector's embedding has a k-NN 1.5-2 points below the
-backbone's at every epoch (docs/study.md, session 19).
+backbone's at every epoch (docs/study.md, session 19). The backbone's clustering runs one k-means
+of the extracted features per prototype set, as the bank's does.
 
 The prototypes are never trained; an empty cluster keeps its previous centroid. Checkpoints have
 the same ``backbone`` and ``config`` as v1, so every benchmark reads them unchanged. Across
@@ -148,10 +149,11 @@ class DeepClusterV2(Method):
         return refresh
 
     def start_from_backbone(self, run: RunContext, seed: int) -> Refresh:
-        """v1's clustering of the backbone (k-means seed ``seed``); the bank the prototypes are
-        averaged from holds the projector's embeddings (train mode) of the features that
-        clustering extracted, so that no second pass over the images is needed (a clean bank is
-        filled by its own)."""
+        """v1's clustering of the backbone, one k-means per prototype set of the same features
+        (set s with seed ``seed + 1000 s``, so set 0's is v1's with ``seed``); the bank the
+        prototypes are averaged from holds the projector's embeddings (train mode) of the features
+        that clustering extracted, so that no second pass over the images is needed (a clean bank
+        is filled by its own)."""
         projected: list[torch.Tensor] = []
 
         def project(features: torch.Tensor, labels: torch.Tensor) -> None:
@@ -161,31 +163,33 @@ class DeepClusterV2(Method):
 
         banked = self.config.bank != "clean"
         self.model.projector.train()
-        clustering, extract_s = cluster_backbone(
+        seeds = [seed + 1000 * s for s in range(self.config.prototype_sets)]
+        clusterings, extract_s = cluster_backbone(
             self.model.backbone, self.eval_set, self.eval_batch, self.config, self.fabric,
-            seed, feature_sink=project if banked else run.feature_sink)
+            seeds, feature_sink=project if banked else run.feature_sink)
         if banked:
             self.memory[:] = torch.from_numpy(gather_rows(torch.cat(projected).float().numpy()))
-        return self.start_from(clustering, extract_s, run)
+        return self.start_from(clusterings, extract_s, run)
 
-    def start_from(self, clustering: ClusteringResult, extract_s: float,
+    def start_from(self, clusterings: Sequence[ClusteringResult], extract_s: float,
                    run: RunContext) -> Refresh:
-        """Every set's first targets are ``clustering``'s ids; set s's prototypes are the
-        normalised mean of each cluster's embeddings in bank s mod banks (an empty cluster keeps
-        its random prototype)."""
+        """Set s's targets are ``clusterings[s]``'s ids and its prototypes the normalised mean of
+        each of its clusters' embeddings in bank s mod banks (an empty cluster keeps its random
+        prototype); the first clustering stands for the epoch in the log."""
         if self.config.bank == "clean":
             extract_s += self.embed_clean()
-        ids = torch.from_numpy(clustering.assignments.astype(np.int64))
-        filled = torch.bincount(ids, minlength=self.config.k) > 0
+        ids = torch.stack([torch.from_numpy(c.assignments.astype(np.int64)) for c in clusterings])
         prototypes = self.model.prototypes.detach().cpu().clone()
         for s in range(len(prototypes)):
+            filled = torch.bincount(ids[s], minlength=self.config.k) > 0
             bank = self.memory[s % len(self.memory)]
-            sums = torch.zeros_like(prototypes[s]).index_add_(0, ids, bank)
+            sums = torch.zeros_like(prototypes[s]).index_add_(0, ids[s], bank)
             prototypes[s, filled] = nn.functional.normalize(sums[filled], dim=1)
         self.model.prototypes.copy_(prototypes)
-        refresh = clustering_refresh(clustering, self.assignments, run.data.labels,
+        refresh = clustering_refresh(clusterings[0], self.assignments, run.data.labels,
                                      extract_s=extract_s)
-        self.set_assignments(ids.repeat(len(prototypes), 1))
+        refresh.seconds["cluster_s"] = sum(clustering.seconds for clustering in clusterings)
+        self.set_assignments(ids)
         return refresh
 
     def embed_clean(self) -> float:
