@@ -105,8 +105,8 @@ class PretrainConfig:
     projection_hidden: int = option(512, "hidden width of the projection MLP", methods=(V2,), minimum=1)
     temperature: float = option(0.1, "softmax temperature of the embedding-prototype similarities", methods=(V2,), minimum=1e-300)
     large_crops: int = option(2, "full-size crops per image (each keeps its own memory bank)", methods=(V2,), minimum=1)
-    bank: str = option("training", "what each clustering clusters: training (the large crops' embeddings written during the last training pass, as SwAV does), clean (one pass over the images without augmentation, in eval mode, before every clustering) or backbone (every clustering is v1's clustering of the backbone's PCA-whitened features, the prototypes the clusters' mean embeddings, as first_targets=backbone does for the first, which it implies; one extraction pass per epoch)", methods=(V2,), choices=BANKS)
-    first_targets: str = option("bank", "the first epoch's targets: bank (the clusters of the untrained network's embeddings) or backbone (v1's clustering of the backbone's PCA-whitened features, for every set; its prototypes are the clusters' mean embeddings)", methods=(V2,), choices=FIRST_TARGETS)
+    bank: str = option("training", "what each clustering clusters: training (the large crops' embeddings written during the last training pass, as SwAV does), clean (one pass over the images without augmentation, in eval mode, before every clustering) or backbone (every clustering is v1's clustering of the backbone's PCA-whitened features, one k-means per prototype set, the prototypes the clusters' mean embeddings, as first_targets=backbone does for the first, which it implies; one extraction pass per epoch)", methods=(V2,), choices=BANKS)
+    first_targets: str = option("bank", "the first epoch's targets: bank (the clusters of the untrained network's embeddings) or backbone (v1's clustering of the backbone's PCA-whitened features, one k-means per set; its prototypes are the clusters' mean embeddings)", methods=(V2,), choices=FIRST_TARGETS)
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
