@@ -232,6 +232,7 @@ def test_a_backbone_bank_takes_every_epochs_targets_from_v1s_clustering_of_the_b
                                    config, method.fabric, seeds=[seed, seed + 1000, seed + 2000])
     after_epoch_1 = np.load(tmp_path / "backbone" / "assignments" / "epoch_001.npy")
     np.testing.assert_array_equal(after_epoch_1, expected[0].assignments)
+    assert len(state["assignments"]) == len(expected) == 3
     for s, (ids, clustering) in enumerate(zip(state["assignments"], expected)):
         np.testing.assert_array_equal(ids.numpy(), clustering.assignments)
         for c in ids.unique():

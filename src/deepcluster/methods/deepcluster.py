@@ -218,7 +218,14 @@ def cluster_backbone(backbone: nn.Module, images, batch_transform: nn.Module,
         fabric.barrier()  # the extraction time of the slowest process
     extract_seconds = time.perf_counter() - start
     check_finite(features, "the features of the extraction pass")
-    return [cluster_extracted(features, len(images), config, seed) for seed in seeds], extract_seconds
+    clusterings = [cluster_extracted(features, len(images), config, seed) for seed in seeds]
+    if config.streaming_pca and not sharded:
+        # The clustered features (whitened and normalised in place) are at hand only here: the
+        # run report ranks each cluster's members by these distances instead of extracting
+        # again. The first clustering is the one the run logs and reports.
+        first = clusterings[0]
+        first.distances = centroid_distances(features, first.assignments, first.centroids)
+    return clusterings, extract_seconds
 
 
 def cluster_extracted(features: np.ndarray, num: int, config: PretrainConfig,
@@ -230,9 +237,5 @@ def cluster_extracted(features: np.ndarray, num: int, config: PretrainConfig,
     if not config.streaming_pca:
         return cluster_features(features, config.k, config.pca_dim, config.kmeans_iters, seed,
                                 config.kmeans_backend)
-    result = cluster_whitened(features, config.k, config.kmeans_iters, seed,
-                              config.kmeans_backend, copy=False)
-    # The clustered features (whitened and normalised in place) are at hand only here: the run
-    # report ranks each cluster's members by these distances instead of extracting again.
-    result.distances = centroid_distances(features, result.assignments, result.centroids)
-    return result
+    return cluster_whitened(features, config.k, config.kmeans_iters, seed,
+                            config.kmeans_backend, copy=False)
