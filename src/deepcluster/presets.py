@@ -36,8 +36,9 @@ FASHION_MNIST = PretrainConfig(precision="auto", augmentation="strong", pca_dim=
 # 15 minutes k-NN 88.41 and linear 89.10 (3 seeds; docs/study.md, session 19), within 60 minutes
 # 89.33 and 89.86 (seed 0, 30 epochs, session 20). Those runs gave the three prototype sets one
 # clustering; one k-means per set, as v2's reference, gave 87.44 / 87.68 / 95.74 in 2 epochs
-# (3 seeds, session 20), and within 15 minutes k-NN 88.65 and linear 88.67 (2 seeds: k-NN +0.20,
-# linear -0.47; prototype_sets=1 is the other side of that trade).
+# (3 seeds, session 20), and within 15 minutes on the Zen 4 k-NN 88.65 and linear 88.67 (8 epochs,
+# 2 seeds: k-NN +0.20, linear -0.47 against prototype_sets=1); at 3 epochs on a Zen 3 without bf16
+# it was ahead on both (k-NN +0.27, linear +0.04, 2 seeds, session 21).
 FASHION_MNIST_V2 = PretrainConfig(
     method="deepcluster-v2", precision="auto", kmeans_iters=10, lr_schedule="cosine",
     warmup_epochs=0.5, epochs=2, first_targets="backbone", bank="backbone", k=300,
