@@ -244,7 +244,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--transfer", action="store_true", help="also the k-NN top-1 on MNIST")
     parser.add_argument("--out", default="runs/study")
-    parser.add_argument("--json", default="bench/results/study.json")
+    parser.add_argument("--json", default=None,
+                        help="where the summary goes (default: OUT/study.json; "
+                             "bench/results/ gets only what a run is told to write there)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--table-only", action="store_true",
                         help="run nothing: the table of the runs already finished in --out")
@@ -259,7 +261,7 @@ def main() -> None:
             print(json.dumps(run_row(name, seed, args)), flush=True)
     finished = [json.loads(p.read_text()) for p in sorted(Path(args.out).glob("*/row.json"))]
     summary = summarise(finished)
-    save_json({"rows": summary, "runs": finished}, args.json)
+    save_json({"rows": summary, "runs": finished}, args.json or Path(args.out) / "study.json")
     print_table(summary, args.markdown)
 
 

@@ -36,3 +36,23 @@ def test_gpu_bench_without_a_gpu_says_so_and_exits_cleanly(tmp_path):
     assert done.returncode == 0
     assert "no CUDA device" in done.stdout
     assert json.loads(out.read_text()) == {"skipped": "no CUDA device: nothing measured"}
+
+
+def test_study_summary_goes_to_its_own_out_not_the_committed_results(tmp_path):
+    # A study run with its own --out once overwrote bench/results/study.json (26 rows) with its
+    # one row: the summary's default place is now the run's folder.
+    script = Path(__file__).resolve().parents[1] / "bench" / "study.py"
+    committed = script.parent / "results" / "study.json"
+    before = committed.read_bytes()
+    row = tmp_path / "random-init-seed0"
+    row.mkdir()
+    (row / "row.json").write_text(json.dumps(
+        {"row": "random-init", "seed": 0, "preset": "fashion-mnist", "changes": {}, "epochs": 0,
+         "knn_top1": 84.8, "linear_top1": 83.98, "mnist_knn_top1": 96.13}))
+    done = subprocess.run([sys.executable, str(script), "--table-only", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert committed.read_bytes() == before
+    summary = json.loads((tmp_path / "study.json").read_text())
+    assert [r["row"] for r in summary["rows"]] == ["random-init"]
+    assert summary["rows"][0]["knn_top1"] == 84.8
