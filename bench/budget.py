@@ -24,6 +24,7 @@ import signal
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 from rich.console import Console
@@ -58,6 +59,27 @@ def stop_after(seconds: float) -> None:
         raise KeyboardInterrupt
     signal.signal(signal.SIGALRM, interrupt)
     signal.alarm(int(seconds) + 1)
+
+
+def budget_rows(times: dict[str, float], budgets: list[float],
+                judge: Callable[[str], dict]) -> list[dict]:
+    """One row per budget: the last checkpoint written within it (``times``: seconds from the
+    start, by checkpoint name), judged by ``judge``. A checkpoint that several budgets pick (a run
+    re-judged with ``--minutes 15,16`` whose last epoch ended past 15) is judged once."""
+    judged: dict[str, dict] = {}
+    rows = []
+    for minutes in budgets:
+        within = [name for name, seconds in times.items() if seconds <= minutes * 60]
+        if not within:
+            continue
+        name = max(within)
+        if name not in judged:
+            judged[name] = judge(name)
+        scores = dict(judged[name])
+        rows.append({"budget_min": minutes, "epoch": scores.pop("epoch"),
+                     "elapsed_s": times[name], **scores})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def machine(config: PretrainConfig) -> dict:
@@ -119,18 +141,15 @@ def main() -> None:
                   timing_file)
     times = json.loads(timing_file.read_text())
     nmi = nmi_by_epoch(out / "pretrain" / "metrics.csv")
-    rows = []
-    for minutes in (float(m) for m in args.minutes.split(",")):
-        within = [name for name, seconds in times.items() if seconds <= minutes * 60]
-        if not within:
-            continue
-        name = max(within)
+    budgets = [float(m) for m in args.minutes.split(",")]
+
+    def judge(name: str) -> dict:
         epoch = load_checkpoint(checkpoints / name)["epoch"]
         backbone, saved = backbone_from_checkpoint(checkpoints / name)
-        scores = evaluate(backbone, saved.image_size, args.transfer)
-        rows.append({"budget_min": minutes, "epoch": epoch, "elapsed_s": times[name], **scores,
-                     "nmi_labels": nmi.get(epoch)})
-        print(json.dumps(rows[-1]), flush=True)
+        return {"epoch": epoch, **evaluate(backbone, saved.image_size, args.transfer),
+                "nmi_labels": nmi.get(epoch)}
+
+    rows = budget_rows(times, budgets, judge)
     save_json({"preset": args.preset, "machine": machine(config), "config": config.to_dict(),
                "optimiser": "LARS (bench/lars.py)" if args.lars else "SGD", "rows": rows},
               out / "budget.json")

@@ -1,7 +1,9 @@
-"""The GPU bench script runs end to end at toy sizes on the CPU, and skips cleanly without CUDA."""
+"""The bench scripts: the GPU bench end to end at toy sizes on the CPU (and its clean skip without
+CUDA), where the study writes its summary, and which checkpoint each budget judges."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -56,3 +58,23 @@ def test_study_summary_goes_to_its_own_out_not_the_committed_results(tmp_path):
     summary = json.loads((tmp_path / "study.json").read_text())
     assert [r["row"] for r in summary["rows"]] == ["random-init"]
     assert summary["rows"][0]["knn_top1"] == 84.8
+
+
+def test_budget_judges_the_last_epoch_within_each_budget_once(monkeypatch):
+    # Session 23 judged a v2 run with --minutes 15,16 (its last epoch ended 38 s past 15 minutes):
+    # each budget takes the last checkpoint written within it, and one the budgets share is
+    # judged once, since a judgement (k-NN, linear probe, MNIST) takes minutes on a 2-core CPU.
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    budget = importlib.import_module("budget")
+    times = {"epoch_001.ckpt": 335.3, "epoch_002.ckpt": 625.9, "epoch_003.ckpt": 937.6}
+    judged = []
+
+    def judge(name):
+        judged.append(name)
+        return {"epoch": int(name[6:9]), "knn_top1": 80.0 + len(judged)}
+
+    rows = budget.budget_rows(times, [5, 15, 16, 60], judge)
+    assert [(r["budget_min"], r["epoch"], r["elapsed_s"]) for r in rows] == [
+        (15, 2, 625.9), (16, 3, 937.6), (60, 3, 937.6)]
+    assert judged == ["epoch_002.ckpt", "epoch_003.ckpt"]
+    assert [r["knn_top1"] for r in rows] == [81.0, 82.0, 82.0]
