@@ -257,3 +257,30 @@ def test_a_clean_bank_holds_the_eval_mode_embeddings_of_unaugmented_images(tmp_p
     torch.testing.assert_close(state["memory"][0], expected, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(state["memory"][1], expected, atol=1e-4, rtol=1e-4)
     assert result.history[1]["extract_s"] > 0  # the clean pass is timed as an extraction
+
+
+def test_sampling_clusters_gives_every_cluster_of_the_first_set_an_equal_share():
+    """sampling=clusters trains on v1's order: a cluster holding half the images gets about a
+    21st of the epoch, not half; the default order visits every image once."""
+    from collections import Counter
+
+    from lightning.fabric import Fabric
+
+    fabric = Fabric(accelerator="cpu", devices=1)
+    ids = np.r_[np.zeros(200, np.int64), np.repeat(np.arange(1, 21), 10)]  # cluster 0: half
+    orders = {}
+    for sampling in ("images", "clusters"):
+        method = DeepClusterV2(PretrainConfig(**SMALL, bank="backbone", sampling=sampling), fabric)
+        method.memory = torch.zeros(2, 400, 32)
+        method.set_assignments(torch.from_numpy(np.stack([ids, ids[::-1], ids])))
+        orders[sampling] = np.asarray(method.epoch_order(0, world=1))
+    assert sorted(orders["images"]) == list(range(400))
+    shares = Counter(ids[orders["clusters"]].tolist())
+    assert len(orders["clusters"]) == 400 and len(shares) == 21
+    assert max(shares.values()) <= 400 // 21 + 1  # 20 drawn from each cluster, then cut to 400
+
+
+def test_sampling_clusters_is_refused_with_the_bank_the_training_pass_writes():
+    with pytest.raises(ValueError, match="sampling='clusters'.*bank='training'"):
+        PretrainConfig(**SMALL, sampling="clusters")  # SMALL keeps the default bank, training
+    PretrainConfig(**SMALL, sampling="clusters", bank="clean")

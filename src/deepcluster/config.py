@@ -34,6 +34,7 @@ PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 CONFIG_VERSION = 2
 BANKS = ("training", "clean", "backbone")  # DeepCluster-v2's memory bank
 FIRST_TARGETS = ("bank", "backbone")
+SAMPLINGS = ("images", "clusters")  # DeepCluster-v2's training order
 V1_FIELDS_SINCE_VERSION_2 = ("small_crops", "small_crop_size")
 
 
@@ -106,6 +107,7 @@ class PretrainConfig:
     temperature: float = option(0.1, "softmax temperature of the embedding-prototype similarities", methods=(V2,), minimum=1e-300)
     large_crops: int = option(2, "full-size crops per image (each keeps its own memory bank)", methods=(V2,), minimum=1)
     bank: str = option("training", "what each clustering clusters: training (the large crops' embeddings written during the last training pass, as SwAV does), clean (one pass over the images without augmentation, in eval mode, before every clustering) or backbone (every clustering is v1's clustering of the backbone's PCA-whitened features, one k-means per prototype set, the prototypes the clusters' mean embeddings, as first_targets=backbone does for the first, which it implies; one extraction pass per epoch)", methods=(V2,), choices=BANKS)
+    sampling: str = option("images", "each epoch's training order: images (every image once, shuffled, as SwAV) or clusters (as many images from every cluster of the first prototype set, as v1 samples; needs bank=backbone or clean, since the training bank is written by the pass)", methods=(V2,), choices=SAMPLINGS)
     first_targets: str = option("bank", "the first epoch's targets: bank (the clusters of the untrained network's embeddings) or backbone (v1's clustering of the backbone's PCA-whitened features, one k-means per set; its prototypes are the clusters' mean embeddings)", methods=(V2,), choices=FIRST_TARGETS)
 
     def __post_init__(self) -> None:
@@ -123,6 +125,10 @@ class PretrainConfig:
             check_value(spec, value)
         if self.small_crop_min_scale is not None:
             small_crop_scale(self.small_crop_min_scale, self.small_crop_max_scale)  # min < max
+        if self.sampling == "clusters" and self.bank == "training":
+            raise ValueError("sampling='clusters' leaves images out of each training pass, but "
+                             "bank='training' is written by that pass; use bank='backbone' or "
+                             "bank='clean'")
 
     def to_dict(self) -> dict[str, Any]:
         """Every field that the method uses (unused ones are left out), and the version."""

@@ -20,7 +20,9 @@ features that clustering extracted, so it needs no pass of its own); ``bank="bac
 before every epoch (one extraction pass each; the preset's), so that the targets come from the
 space the benchmarks judge: at 28 px the projector's embedding has a k-NN 1.5-2 points below the
 backbone's at every epoch (docs/study.md, session 19). The backbone's clustering runs one k-means
-of the extracted features per prototype set, as the bank's does.
+of the extracted features per prototype set, as the bank's does. ``sampling="clusters"`` (off in
+the preset: level over 2 seeds, session 24) trains on v1's order, as many images from every
+cluster of the first set.
 
 The prototypes are never trained; an empty cluster keeps its previous centroid. Checkpoints have
 the same ``backbone`` and ``config`` as v1, so every benchmark reads them unchanged. Across
@@ -43,7 +45,7 @@ from ..data import ArrayImageDataset
 from ..distributed import all_gather_columns, broadcast_from_rank0, gather_rows, is_distributed
 from ..features import extract_global
 from ..models import Backbone, build_backbone
-from ..sampler import padded_length, process_share, shuffled_order
+from ..sampler import padded_length, process_share, shuffled_order, uniform_cluster_indices
 from ..transforms import ChannelsLast, PerView, extraction_set, is_small, multicrop_pipeline
 from .base import Method, Refresh, RunContext, TrainingData, check_finite
 from .deepcluster import cluster_backbone, clustering_refresh
@@ -208,6 +210,13 @@ class DeepClusterV2(Method):
         return time.perf_counter() - start
 
     def epoch_order(self, epoch: int, world: int) -> Sequence[int]:
+        """Every image once, shuffled; with ``sampling="clusters"``, v1's order instead: as many
+        images from every cluster of the first set (a large cluster weighs no more than a small
+        one in the epoch)."""
+        if self.config.sampling == "clusters":
+            return uniform_cluster_indices(self.assignments,
+                                           padded_length(len(self.assignments), world),
+                                           seed=self.config.seed + epoch)
         return shuffled_order(self.memory.shape[1], self.config.seed + epoch + 1, world)
 
     def remember(self, model: nn.Module, views: list[torch.Tensor],
