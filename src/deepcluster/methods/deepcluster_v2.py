@@ -21,7 +21,7 @@ before every epoch (one extraction pass each; the preset's), so that the targets
 space the benchmarks judge: at 28 px the projector's embedding has a k-NN 1.5-2 points below the
 backbone's at every epoch (docs/study.md, session 19). The backbone's clustering runs one k-means
 of the extracted features per prototype set, as the bank's does. ``sampling="clusters"`` (off in
-the preset: level over 2 seeds, session 24) trains on v1's order, as many images from every
+the preset: level over 3 seeds, session 24) trains on v1's order, as many images from every
 cluster of the first set.
 
 The prototypes are never trained; an empty cluster keeps its previous centroid. Checkpoints have
