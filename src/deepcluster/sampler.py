@@ -39,6 +39,12 @@ def padded_length(num_samples: int, world_size: int) -> int:
     return -(-num_samples // world_size) * world_size
 
 
+def cluster_balanced_order(assignments: np.ndarray, seed: int, world_size: int = 1) -> np.ndarray:
+    """One epoch's order over the images of ``assignments``, as many from every cluster
+    (``uniform_cluster_indices``), padded to a multiple of ``world_size`` as ``shuffled_order``."""
+    return uniform_cluster_indices(assignments, padded_length(len(assignments), world_size), seed)
+
+
 def shuffled_order(num_samples: int, seed: int, world_size: int = 1) -> list[int]:
     """One epoch's shuffled order of ``num_samples`` images: the permutation one process draws
     with ``seed`` (what a shuffling DataLoader with that generator yields), padded by repeats to

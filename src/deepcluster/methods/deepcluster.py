@@ -35,7 +35,7 @@ from ..device_decode import DecodeOnDevice, collate_encoded
 from ..distributed import is_distributed
 from ..features import extract_global, extract_whitened
 from ..models import DeepClusterModel, build_backbone, reset_head
-from ..sampler import padded_length, uniform_cluster_indices
+from ..sampler import cluster_balanced_order
 from ..sharded_clustering import cluster_shards
 from ..transforms import (ChannelsLast, PerView, Pipeline, device_decode_pipeline,
                           extraction_pipeline, is_small, multicrop_pipeline, training_pipeline)
@@ -130,8 +130,7 @@ class DeepCluster(Method):
             reset_head(self.model.head)
 
     def epoch_order(self, epoch: int, world: int) -> Sequence[int]:
-        return uniform_cluster_indices(self.assignments, padded_length(len(self.assignments), world),
-                                       seed=self.config.seed + epoch)
+        return cluster_balanced_order(self.assignments, self.config.seed + epoch, world)
 
     def loss(self, model: nn.Module, inputs: torch.Tensor | list[torch.Tensor],
              indices: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,7 @@ from ..data import ArrayImageDataset
 from ..distributed import all_gather_columns, broadcast_from_rank0, gather_rows, is_distributed
 from ..features import extract_global
 from ..models import Backbone, build_backbone
-from ..sampler import padded_length, process_share, shuffled_order, uniform_cluster_indices
+from ..sampler import cluster_balanced_order, padded_length, process_share, shuffled_order
 from ..transforms import ChannelsLast, PerView, extraction_set, is_small, multicrop_pipeline
 from .base import Method, Refresh, RunContext, TrainingData, check_finite
 from .deepcluster import cluster_backbone, clustering_refresh
@@ -214,9 +214,7 @@ class DeepClusterV2(Method):
         images from every cluster of the first set (a large cluster weighs no more than a small
         one in the epoch)."""
         if self.config.sampling == "clusters":
-            return uniform_cluster_indices(self.assignments,
-                                           padded_length(len(self.assignments), world),
-                                           seed=self.config.seed + epoch)
+            return cluster_balanced_order(self.assignments, self.config.seed + epoch, world)
         return shuffled_order(self.memory.shape[1], self.config.seed + epoch + 1, world)
 
     def remember(self, model: nn.Module, views: list[torch.Tensor],
