@@ -28,7 +28,7 @@ from deepcluster.benchmarks.knn import knn_top1, network_features
 from deepcluster.checkpoint import backbone_from_checkpoint, load_checkpoint, save_json
 from deepcluster.config import PretrainConfig
 from deepcluster.models import DeepClusterModel
-from deepcluster.methods.deepcluster_v2 import DeepClusterV2Model
+from deepcluster.methods.deepcluster_v2 import DeepClusterV2Model, set_sizes
 
 
 def stages_after_backbone(state: dict, config: PretrainConfig, backbone: nn.Module
@@ -36,8 +36,8 @@ def stages_after_backbone(state: dict, config: PretrainConfig, backbone: nn.Modu
     """Name -> function from the backbone's feature to that stage's output, for the checkpoint's
     method (empty for a method with nothing after its backbone)."""
     if "projector" in state:
-        model = DeepClusterV2Model(backbone, config.projection_hidden, config.projection_dim,
-                                   config.prototype_sets, config.k)
+        sizes = set_sizes(config.k, config.prototype_sets, config.k_factor)
+        model = DeepClusterV2Model(backbone, config.projection_hidden, config.projection_dim, sizes)
         model.projector.load_state_dict(state["projector"])
         projector = model.projector.eval()
         return {"projector hidden": projector[:3], "embedding": projector}

@@ -28,15 +28,15 @@ def normalised(*shape: int) -> torch.Tensor:
 
 def test_prototypes_are_the_normalised_centroids_of_the_memory_bank():
     memory = normalised(2, 300, 16)
-    assignments, prototypes = cluster_memory(memory, k=10, sets=3, iterations=5, seed=1)
-    assert assignments.shape == (3, 300) and prototypes.shape == (3, 10, 16)
+    assignments, prototypes = cluster_memory(memory, [10] * 3, iterations=5, seed=1)
+    assert assignments.shape == (3, 300) and [p.shape for p in prototypes] == [(10, 16)] * 3
     for s in range(3):
         bank = memory[s % 2]  # set s clusters bank s mod 2
         for c in range(10):
             members = bank[assignments[s] == c]
             assert len(members) > 0
             expected = nn.functional.normalize(members.mean(dim=0), dim=0)
-            torch.testing.assert_close(prototypes[s, c], expected, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(prototypes[s][c], expected, atol=1e-5, rtol=1e-5)
     # different seeds: the two sets on bank 0 are different k-means runs
     assert not torch.equal(prototypes[0], prototypes[2])
 
@@ -70,7 +70,7 @@ def test_the_memory_bank_is_filled_from_the_training_pass_in_dataset_order(fashi
     extraction = extraction_pipeline(28, in_memory=True)
     small = nn.Sequential(_ToFloatRGB(12), *list(extraction.batch)[1:])
     views = MultiCrop(extraction.batch, small, large=2, small=1)  # deterministic views
-    model = DeepClusterV2Model(build_backbone("small-cnn", sobel=True), 32, 16, sets=1, k=5)
+    model = DeepClusterV2Model(build_backbone("small-cnn", sobel=True), 32, 16, [5])
     memory = torch.zeros(2, 64, 16)
     from lightning.fabric import Fabric
 
@@ -246,7 +246,7 @@ def test_a_clean_bank_holds_the_eval_mode_embeddings_of_unaugmented_images(tmp_p
                                                                           fashion_train):
     result = run(tmp_path, "clean", subset=200, k=10, epochs=1, bank="clean", kmeans_iters=5)
     state = load_checkpoint(result.checkpoint)
-    model = DeepClusterV2Model(build_backbone("small-cnn", sobel=True), 64, 32, sets=3, k=10)
+    model = DeepClusterV2Model(build_backbone("small-cnn", sobel=True), 64, 32, [10] * 3)
     model.backbone.load_state_dict(state["backbone"])
     model.projector.load_state_dict(state["projector"])
     extraction = extraction_pipeline(28, in_memory=True)
@@ -284,3 +284,31 @@ def test_sampling_clusters_is_refused_with_the_bank_the_training_pass_writes():
     with pytest.raises(ValueError, match="sampling='clusters'.*bank='training'"):
         PretrainConfig(**SMALL, sampling="clusters")  # SMALL keeps the default bank, training
     PretrainConfig(**SMALL, sampling="clusters", bank="clean")
+
+
+@pytest.mark.parametrize("bank", ["training", "backbone"])
+def test_k_factor_gives_each_prototype_set_its_own_number_of_clusters(tmp_path, bank):
+    """k=5, k_factor=2: sets of 5, 10 and 20 clusters, from the bank's k-means or from v1's
+    clustering of the backbone, each set's prototypes its clusters' mean embeddings; the loss
+    takes each set's own rows of the (sets, 20, dim) buffer."""
+    options = dict(subset=200, k=5, k_factor=2.0, pca_dim=16, kmeans_iters=5, epochs=1,
+                   bank=bank)
+    state = load_checkpoint(run(tmp_path, bank, **options).checkpoint)
+    sizes = [5, 10, 20]
+    assert state["prototypes"].shape == (3, 20, 32)
+    for ids, k in zip(state["assignments"], sizes):
+        assert ids.max() < k and len(ids.unique()) > k // 2  # not the first set's 5 clusters
+    for s, k in enumerate(sizes):
+        bank_s = state["memory"][s % 2]
+        for c in state["assignments"][s].unique():
+            members = bank_s[state["assignments"][s] == c]
+            expected = nn.functional.normalize(members.mean(0), dim=0)
+            torch.testing.assert_close(state["prototypes"][s, c], expected, atol=1e-4, rtol=1e-4)
+    model = DeepClusterV2Model(build_backbone("small-cnn", sobel=True), 64, 32, sizes)
+    assert [p.shape[0] for p in model.prototype_sets()] == sizes
+
+
+def test_a_k_factor_that_gives_a_set_more_clusters_than_images_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="k_factor=3.0 gives the last prototype set 180 clusters, "
+                                         "more than the 100 images"):
+        run(tmp_path, "too-many", subset=100, k=20, k_factor=3.0, epochs=1)

@@ -102,6 +102,7 @@ class PretrainConfig:
     decode_on_device: bool = option(False, "loader reads only the files' bytes; JPEGs are decoded, cropped and resized on the training device (nvJPEG on a GPU); image files only", methods=(V1,), resume=True)
     # --- DeepCluster-v2 -------------------------------------------------------------------------
     prototype_sets: int = option(3, "number of spherical k-means runs, each giving a set of k prototypes", methods=(V2,), minimum=1)
+    k_factor: float = option(1.0, "set s of the prototype sets has round(k x k_factor^s) clusters, so that the sets see the data at several granularities (1: k in every set, as SwAV)", methods=(V2,), minimum=1)
     projection_dim: int = option(128, "dimension of the L2-normalised embedding the prototypes live in", methods=(V2,), minimum=1)
     projection_hidden: int = option(512, "hidden width of the projection MLP", methods=(V2,), minimum=1)
     temperature: float = option(0.1, "softmax temperature of the embedding-prototype similarities", methods=(V2,), minimum=1e-300)

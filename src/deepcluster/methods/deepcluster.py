@@ -194,10 +194,11 @@ def clustering_refresh(clustering: ClusteringResult, previous: np.ndarray | None
 
 def cluster_backbone(backbone: nn.Module, images, batch_transform: nn.Module,
                      config: PretrainConfig, fabric: Fabric, seeds: Sequence[int], collate=None,
-                     feature_sink=None) -> tuple[list[ClusteringResult], float]:
+                     feature_sink=None, ks: Sequence[int] | None = None
+                     ) -> tuple[list[ClusteringResult], float]:
     """Extract the backbone's global features of ``images`` (eval mode, ``batch_transform`` on
-    every batch), PCA-whiten, then one k-means per seed of ``seeds``: every process gets the same
-    N ids of each. Returns the clusterings and the extraction seconds (with ``streaming_pca``, the
+    every batch), PCA-whiten, then one k-means per seed of ``seeds`` (of ``ks[i]`` clusters for
+    seed i; default ``config.k`` for all): every process gets the same N ids of each. Returns the clusterings and the extraction seconds (with ``streaming_pca``, the
     PCA is fitted during extraction and counted in them). ``feature_sink``: gets every extracted
     batch (``RunContext.feature_sink``)."""
     sharded = is_distributed()
@@ -217,7 +218,9 @@ def cluster_backbone(backbone: nn.Module, images, batch_transform: nn.Module,
         fabric.barrier()  # the extraction time of the slowest process
     extract_seconds = time.perf_counter() - start
     check_finite(features, "the features of the extraction pass")
-    clusterings = [cluster_extracted(features, len(images), config, seed) for seed in seeds]
+    ks = ks or [config.k] * len(seeds)
+    clusterings = [cluster_extracted(features, len(images), config.override(k=k), seed)
+                   for seed, k in zip(seeds, ks, strict=True)]
     if config.streaming_pca and not sharded:
         # The clustered features (whitened and normalised in place) are at hand only here: the
         # run report ranks each cluster's members by these distances instead of extracting

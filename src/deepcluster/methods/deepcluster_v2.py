@@ -22,7 +22,8 @@ space the benchmarks judge: at 28 px the projector's embedding has a k-NN 1.5-2 
 backbone's at every epoch (docs/study.md, session 19). The backbone's clustering runs one k-means
 of the extracted features per prototype set, as the bank's does. ``sampling="clusters"`` (off in
 the preset: level over 3 seeds, session 24) trains on v1's order, as many images from every
-cluster of the first set.
+cluster of the first set. ``k_factor`` gives the sets more clusters one after the other
+(set s has k x k_factor^s; 1 in the preset, as SwAV).
 
 The prototypes are never trained; an empty cluster keeps its previous centroid. Checkpoints have
 the same ``backbone`` and ``config`` as v1, so every benchmark reads them unchanged. Across
@@ -54,14 +55,17 @@ from .deepcluster import cluster_backbone, clustering_refresh
 class DeepClusterV2Model(nn.Module):
     """Backbone, projection MLP to an L2-normalised embedding, and frozen prototype sets."""
 
-    def __init__(self, backbone: Backbone, hidden: int, dim: int, sets: int, k: int):
+    def __init__(self, backbone: Backbone, hidden: int, dim: int, set_sizes: Sequence[int]):
         super().__init__()
         self.backbone = backbone
         self.projector = nn.Sequential(nn.Linear(backbone.feature_dim, hidden),
                                        nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
                                        nn.Linear(hidden, dim))
-        # Buffers, not parameters: the prototypes are k-means centroids, never trained.
-        self.register_buffer("prototypes", nn.functional.normalize(torch.randn(sets, k, dim), dim=2))
+        # Buffers, not parameters: the prototypes are k-means centroids, never trained. One
+        # tensor for all sets: set s uses its first set_sizes[s] rows.
+        self.set_sizes = list(set_sizes)
+        prototypes = torch.randn(len(self.set_sizes), max(self.set_sizes), dim)
+        self.register_buffer("prototypes", nn.functional.normalize(prototypes, dim=2))
 
     def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
         return self.embed(views)
@@ -78,21 +82,31 @@ class DeepClusterV2Model(nn.Module):
             start = end
         return nn.functional.normalize(torch.cat(outputs).float(), dim=1)
 
+    def prototype_sets(self) -> list[torch.Tensor]:
+        """Each set's prototypes, (set_sizes[s], dim)."""
+        return [set_prototypes[:k] for set_prototypes, k in zip(self.prototypes, self.set_sizes)]
 
-def cluster_memory(memory: torch.Tensor, k: int, sets: int, iterations: int, seed: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Set ``s`` clusters memory bank ``s mod banks`` (spherical k-means, seed ``seed * 1000 + s``):
-    (assignments (sets, N), prototypes (sets, k, dim))."""
+
+def set_sizes(k: int, sets: int, k_factor: float) -> list[int]:
+    """The number of clusters of each prototype set: k x k_factor^s for set s."""
+    return [round(k * k_factor ** s) for s in range(sets)]
+
+
+def cluster_memory(memory: torch.Tensor, sizes: Sequence[int], iterations: int, seed: int
+                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Set ``s`` clusters memory bank ``s mod banks`` into ``sizes[s]`` clusters (spherical
+    k-means, seed ``seed * 1000 + s``): (assignments (sets, N), each set's prototypes
+    (sizes[s], dim))."""
     results = [torch_kmeans(memory[s % len(memory)], k, iterations, seed * 1000 + s,
-                            distributed=False, spherical=True) for s in range(sets)]
-    return torch.stack([a for a, _, _ in results]), torch.stack([c for _, c, _ in results])
+                            distributed=False, spherical=True) for s, k in enumerate(sizes)]
+    return torch.stack([a for a, _, _ in results]), [c for _, c, _ in results]
 
 
-def swapped_loss(embeddings: torch.Tensor, prototypes: torch.Tensor, targets: torch.Tensor,
-                 views: int, temperature: float) -> torch.Tensor:
+def swapped_loss(embeddings: torch.Tensor, prototypes: Sequence[torch.Tensor],
+                 targets: torch.Tensor, views: int, temperature: float) -> torch.Tensor:
     """Cross-entropy of every view's prototype scores against its image's cluster id, averaged
-    over prototype sets. ``embeddings`` is (views * B, dim), view after view; ``targets`` is
-    (sets, B)."""
+    over prototype sets. ``embeddings`` is (views * B, dim), view after view; ``prototypes`` is
+    each set's (k_s, dim); ``targets`` is (sets, B)."""
     loss = embeddings.new_zeros(())
     for set_prototypes, set_targets in zip(prototypes, targets):
         scores = embeddings @ set_prototypes.T / temperature
@@ -109,6 +123,10 @@ class DeepClusterV2(Method):
         config = self.config
         images = self.training_images()
         check_k(len(images), config.k)
+        largest = max(set_sizes(config.k, config.prototype_sets, config.k_factor))
+        if largest > len(images):
+            raise ValueError(f"k_factor={config.k_factor} gives the last prototype set {largest} "
+                             f"clusters, more than the {len(images)} images to cluster")
         world = self.fabric.world_size
         if (padded_length(len(images), world) // world) % (config.batch_size // world) == 1:
             raise ValueError(f"{len(images)} images in batches of batch_size={config.batch_size} "
@@ -131,7 +149,8 @@ class DeepClusterV2(Method):
         config = self.config
         self.model = DeepClusterV2Model(build_backbone(config.arch, config.sobel),
                                         config.projection_hidden, config.projection_dim,
-                                        config.prototype_sets, config.k)
+                                        set_sizes(config.k, config.prototype_sets,
+                                                  config.k_factor))
         return self.model
 
     def initial_targets(self, run: RunContext) -> Refresh:
@@ -168,7 +187,8 @@ class DeepClusterV2(Method):
         seeds = [seed + 1000 * s for s in range(self.config.prototype_sets)]
         clusterings, extract_s = cluster_backbone(
             self.model.backbone, self.eval_set, self.eval_batch, self.config, self.fabric,
-            seeds, feature_sink=project if banked else run.feature_sink)
+            seeds, feature_sink=project if banked else run.feature_sink,
+            ks=self.model.set_sizes)
         if banked:
             self.memory[:] = torch.from_numpy(gather_rows(torch.cat(projected).float().numpy()))
         return self.start_from(clusterings, extract_s, run)
@@ -182,11 +202,11 @@ class DeepClusterV2(Method):
             extract_s += self.embed_clean()
         ids = torch.stack([torch.from_numpy(c.assignments.astype(np.int64)) for c in clusterings])
         prototypes = self.model.prototypes.detach().cpu().clone()
-        for s in range(len(prototypes)):
-            filled = torch.bincount(ids[s], minlength=self.config.k) > 0
+        for s, k in enumerate(self.model.set_sizes):
+            filled = torch.bincount(ids[s], minlength=k) > 0
             bank = self.memory[s % len(self.memory)]
-            sums = torch.zeros_like(prototypes[s]).index_add_(0, ids[s], bank)
-            prototypes[s, filled] = nn.functional.normalize(sums[filled], dim=1)
+            sums = torch.zeros_like(prototypes[s, :k]).index_add_(0, ids[s], bank)
+            prototypes[s, :k][filled] = nn.functional.normalize(sums[filled], dim=1)
         self.model.prototypes.copy_(prototypes)
         refresh = clustering_refresh(clusterings[0], self.assignments, run.data.labels,
                                      extract_s=extract_s)
@@ -231,7 +251,7 @@ class DeepClusterV2(Method):
         # A clean bank is refilled before every clustering: the training pass need not write it.
         banked = self.config.bank == "training"
         embeddings = self.remember(model, views, indices) if banked else model(views)
-        return swapped_loss(embeddings, self.model.prototypes, self.targets[:, indices],
+        return swapped_loss(embeddings, self.model.prototype_sets(), self.targets[:, indices],
                             len(views), self.config.temperature)
 
     def after_pass(self, order: Sequence[int], world: int) -> None:
@@ -249,11 +269,12 @@ class DeepClusterV2(Method):
         extract_s = self.embed_clean() if self.config.bank == "clean" else 0.0
         start = time.perf_counter()
         check_finite(self.memory, "the memory bank's embeddings")
-        assignments, prototypes = cluster_memory(self.memory.to(self.fabric.device), self.config.k,
-                                                 self.config.prototype_sets,
-                                                 self.config.kmeans_iters, self.config.seed + epoch)
-        broadcast_from_rank0((assignments, prototypes))
-        self.model.prototypes.copy_(prototypes)
+        assignments, prototypes = cluster_memory(self.memory.to(self.fabric.device),
+                                                 self.model.set_sizes, self.config.kmeans_iters,
+                                                 self.config.seed + epoch)
+        broadcast_from_rank0((assignments, *prototypes))
+        for set_prototypes, centroids in zip(self.model.prototype_sets(), prototypes):
+            set_prototypes.copy_(centroids)
         first = ClusteringResult(assignments[0].cpu().numpy(), prototypes[0].cpu().numpy(),
                                  float("nan"), time.perf_counter() - start)
         refresh = clustering_refresh(first, self.assignments, run.data.labels, extract_s=extract_s)
