@@ -13,7 +13,8 @@ from deepcluster.clustering import torch_kmeans
 from deepcluster.engine import pretrain
 from deepcluster.engine.loaders import IndexedImages
 from deepcluster.engine.schedule import learning_rate
-from deepcluster.methods.deepcluster_v2 import DeepClusterV2, DeepClusterV2Model, cluster_memory
+from deepcluster.methods.deepcluster_v2 import (DeepClusterV2, DeepClusterV2Model, cluster_memory,
+                                                swapped_loss)
 from deepcluster.transforms import MultiCrop, _ToFloatRGB, extraction_pipeline, multicrop_pipeline
 
 SMALL = dict(method="deepcluster-v2", data="fashion-mnist", subset=400, arch="small-cnn", k=20,
@@ -289,8 +290,7 @@ def test_sampling_clusters_is_refused_with_the_bank_the_training_pass_writes():
 @pytest.mark.parametrize("bank", ["training", "backbone"])
 def test_k_factor_gives_each_prototype_set_its_own_number_of_clusters(tmp_path, bank):
     """k=5, k_factor=2: sets of 5, 10 and 20 clusters, from the bank's k-means or from v1's
-    clustering of the backbone, each set's prototypes its clusters' mean embeddings; the loss
-    takes each set's own rows of the (sets, 20, dim) buffer."""
+    clustering of the backbone, each set's prototypes its clusters' mean embeddings."""
     options = dict(subset=200, k=5, k_factor=2.0, pca_dim=16, kmeans_iters=5, epochs=1,
                    bank=bank)
     state = load_checkpoint(run(tmp_path, bank, **options).checkpoint)
@@ -304,8 +304,27 @@ def test_k_factor_gives_each_prototype_set_its_own_number_of_clusters(tmp_path, 
             members = bank_s[state["assignments"][s] == c]
             expected = nn.functional.normalize(members.mean(0), dim=0)
             torch.testing.assert_close(state["prototypes"][s, c], expected, atol=1e-4, rtol=1e-4)
-    model = DeepClusterV2Model(build_backbone("small-cnn", sobel=True), 64, 32, sizes)
-    assert [p.shape[0] for p in model.prototype_sets()] == sizes
+
+
+def test_the_loss_scores_each_set_against_its_own_prototypes_only():
+    """With sets of 5, 10 and 20 in one (3, 20, dim) buffer, the loss of sets 0 and 1 leaves out
+    their unused rows: scored against all 20, their softmax would spread over random prototypes."""
+    from lightning.fabric import Fabric
+
+    config = PretrainConfig(**{**SMALL, "k": 5, "k_factor": 2.0, "bank": "backbone"})
+    method = DeepClusterV2(config, Fabric(accelerator="cpu", devices=1))
+    model = method.build_model().eval()
+    views = [torch.rand(4, 3, 28, 28), torch.rand(4, 3, 28, 28)]
+    method.targets = torch.tensor([[0, 1, 2, 4], [0, 3, 6, 9], [0, 5, 10, 19]])
+    with torch.no_grad():
+        loss = method.loss(model, views, torch.arange(4))
+        embeddings = model(views)
+        own_rows = [model.prototypes[s, :k] for s, k in enumerate([5, 10, 20])]
+        expected = swapped_loss(embeddings, own_rows, method.targets, 2, config.temperature)
+        every_row = swapped_loss(embeddings, model.prototypes, method.targets, 2,
+                                 config.temperature)
+    torch.testing.assert_close(loss, expected)
+    assert not torch.isclose(loss, every_row)
 
 
 def test_a_k_factor_that_gives_a_set_more_clusters_than_images_is_refused(tmp_path):

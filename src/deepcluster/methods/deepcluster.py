@@ -197,10 +197,11 @@ def cluster_backbone(backbone: nn.Module, images, batch_transform: nn.Module,
                      feature_sink=None, ks: Sequence[int] | None = None
                      ) -> tuple[list[ClusteringResult], float]:
     """Extract the backbone's global features of ``images`` (eval mode, ``batch_transform`` on
-    every batch), PCA-whiten, then one k-means per seed of ``seeds`` (of ``ks[i]`` clusters for
-    seed i; default ``config.k`` for all): every process gets the same N ids of each. Returns the clusterings and the extraction seconds (with ``streaming_pca``, the
-    PCA is fitted during extraction and counted in them). ``feature_sink``: gets every extracted
-    batch (``RunContext.feature_sink``)."""
+    every batch), PCA-whiten, then one k-means per seed of ``seeds``, of ``ks[i]`` clusters for
+    seed i (default: ``config.k`` for all): every process gets the same N ids of each. Returns the
+    clusterings and the extraction seconds (with ``streaming_pca``, the PCA is fitted during
+    extraction and counted in them). ``feature_sink``: gets every extracted batch
+    (``RunContext.feature_sink``)."""
     sharded = is_distributed()
     options = dict(batch_size=config.extract_batch_size, workers=config.workers,
                    device=fabric.device, progress=fabric.is_global_zero,
