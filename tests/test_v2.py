@@ -3,6 +3,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from lightning.fabric import Fabric
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -73,8 +74,6 @@ def test_the_memory_bank_is_filled_from_the_training_pass_in_dataset_order(fashi
     views = MultiCrop(extraction.batch, small, large=2, small=1)  # deterministic views
     model = DeepClusterV2Model(build_backbone("small-cnn", sobel=True), 32, 16, [5])
     memory = torch.zeros(2, 64, 16)
-    from lightning.fabric import Fabric
-
     fabric = Fabric(accelerator="cpu", devices=1)
     generator = torch.Generator().manual_seed(0)
     # One shuffled batch holding every image: BatchNorm's batch statistics do not depend on the
@@ -154,8 +153,6 @@ def test_backbone_first_targets_bank_the_projection_of_their_own_extraction(fash
     the projector (train mode, batch by batch) of the features the clustering extracted."""
     from types import SimpleNamespace
 
-    from lightning.fabric import Fabric
-
     config = PretrainConfig(**{**SMALL, "subset": 200, "k": 10, "pca_dim": 16, "kmeans_iters": 5,
                                "first_targets": "backbone", "extract_batch_size": 64})
     method = DeepClusterV2(config, Fabric(accelerator="cpu", devices=1))
@@ -186,8 +183,6 @@ def test_backbone_first_targets_bank_the_projection_of_their_own_extraction(fash
 def test_each_sets_prototypes_are_the_mean_embeddings_of_its_own_clustering():
     from types import SimpleNamespace
 
-    from lightning.fabric import Fabric
-
     from deepcluster.clustering import ClusteringResult
 
     method = DeepClusterV2(PretrainConfig(**SMALL), Fabric(accelerator="cpu", devices=1))
@@ -215,8 +210,6 @@ def test_a_backbone_bank_takes_every_epochs_targets_from_v1s_clustering_of_the_b
     with the epoch's seed) of the backbone that epoch trained; the other prototype sets are
     k-means runs of the same features with other seeds, and every set's prototypes are its
     clusters' mean embeddings of the projected features."""
-    from lightning.fabric import Fabric
-
     from deepcluster.clustering import nmi
     from deepcluster.methods.deepcluster import cluster_backbone
 
@@ -265,8 +258,6 @@ def test_sampling_clusters_gives_every_cluster_of_the_first_set_an_equal_share()
     21st of the epoch, not half; the default order visits every image once."""
     from collections import Counter
 
-    from lightning.fabric import Fabric
-
     fabric = Fabric(accelerator="cpu", devices=1)
     ids = np.r_[np.zeros(200, np.int64), np.repeat(np.arange(1, 21), 10)]  # cluster 0: half
     orders = {}
@@ -309,8 +300,6 @@ def test_k_factor_gives_each_prototype_set_its_own_number_of_clusters(tmp_path, 
 def test_the_loss_scores_each_set_against_its_own_prototypes_only():
     """With sets of 5, 10 and 20 in one (3, 20, dim) buffer, the loss of sets 0 and 1 leaves out
     their unused rows: scored against all 20, their softmax would spread over random prototypes."""
-    from lightning.fabric import Fabric
-
     config = PretrainConfig(**{**SMALL, "k": 5, "k_factor": 2.0, "bank": "backbone"})
     method = DeepClusterV2(config, Fabric(accelerator="cpu", devices=1))
     model = method.build_model().eval()
