@@ -42,8 +42,9 @@ FASHION_MNIST = PretrainConfig(precision="auto", augmentation="strong", pca_dim=
 # Batch 128 at lr 0.05 (twice the steps at the same lr per image): at the end of a 3-epoch cosine
 # on a Zen 3, k-NN +0.17, linear +0.37 and MNIST k-NN +0.31 over batch 256 at lr 0.1, better on
 # all three seeds on both benchmarks, which brings v2 level with v1 within 15 minutes there
-# (docs/study.md, session 25), and within 60 minutes on k-NN (12 epochs, seeds 0 and 1: k-NN
-# -0.02, linear -0.15 against v1's hour; sessions 26 and 27). The figures above were measured at
+# (docs/study.md, session 25). On a Zen 4 with bf16 it is ahead of v1 within 15 minutes (k-NN
+# +0.38, linear +0.22, 2 seeds), and within 60 minutes level on both machines (k-NN -0.01,
+# linear 0.00 over three seed pairs; sessions 26-28). The figures above were measured at
 # batch 256.
 FASHION_MNIST_V2 = PretrainConfig(
     method="deepcluster-v2", precision="auto", kmeans_iters=10, lr_schedule="cosine",
@@ -59,12 +60,11 @@ PRESETS: dict[str, PretrainConfig] = {
     # instead of 71.
     "quality": FASHION_MNIST.override(epochs=71, knn_every=8, out="runs/quality"),
     "fashion-mnist-v2": FASHION_MNIST_V2,
-    # The same for a user with an hour: 30 epochs, what 60 minutes on both cores of a Zen 4 with
-    # bf16 ran with the online k-NN off (docs/study.md, session 20: k-NN 89.33, linear 89.86,
-    # MNIST k-NN 95.87, seed 0, its prototype sets then on one clustering, at batch 256). Until
-    # session 20 this preset was the wide network in 3 epochs (linear 88.19 / 88.01 over 2
-    # seeds), the study's v2b-wide row.
-    "quality-v2": FASHION_MNIST_V2.override(epochs=30, knn_every=8, out="runs/quality-v2"),
+    # The same for a user with an hour: 28 epochs, what 60 minutes on both cores of a Zen 4 with
+    # bf16 ran with the online k-NN off (docs/study.md, session 28: k-NN 89.62, linear 89.90,
+    # MNIST k-NN 95.80, seed 0). Until session 20 this preset was the wide network in 3 epochs
+    # (linear 88.19 / 88.01 over 2 seeds), the study's v2b-wide row.
+    "quality-v2": FASHION_MNIST_V2.override(epochs=28, knn_every=8, out="runs/quality-v2"),
     # The MMSelfSup recipe (configs/selfsup/deepcluster, 8 GPUs x 64 images).
     "imagenet-resnet50-sobel": PretrainConfig(
         data="imagenet/train", arch="resnet50", sobel=True, image_size=224,
