@@ -44,9 +44,9 @@ FASHION_MNIST = PretrainConfig(precision="auto", augmentation="strong", pca_dim=
 # Batch 128 at lr 0.05 (twice the steps at the same lr per image): at the end of a 3-epoch cosine
 # on a Zen 3, k-NN +0.17, linear +0.37 and MNIST k-NN +0.31 over batch 256 at lr 0.1, better on
 # all three seeds on both benchmarks, which brings v2 level with v1 within 15 minutes there
-# (docs/study.md, session 25). On a Zen 4 with bf16 it is ahead of v1 within 15 minutes (k-NN
-# +0.38, linear +0.22, 2 seeds); within 60 minutes it is level over three seed pairs on the two
-# machines (k-NN -0.01, linear 0.00; sessions 26-28). The figures above were measured at
+# (docs/study.md, session 25). On a Zen 4 with bf16 it is at least level with v1 within 15
+# minutes (k-NN +0.16, linear +0.15, 3 seeds); within 60 minutes it is level over three seed
+# pairs on the two machines (k-NN -0.01, linear 0.00; sessions 26-29). The figures above were measured at
 # batch 256.
 FASHION_MNIST_V2 = PretrainConfig(
     method="deepcluster-v2", precision="auto", kmeans_iters=10, lr_schedule="cosine",
