@@ -46,8 +46,8 @@ FASHION_MNIST = PretrainConfig(precision="auto", augmentation="strong", pca_dim=
 # all three seeds on both benchmarks, which brings v2 level with v1 within 15 minutes there
 # (docs/study.md, session 25). On a Zen 4 with bf16 it is at least level with v1 within 15
 # minutes (k-NN +0.16, linear +0.15, 3 seeds); within 60 minutes it is level over three seed
-# pairs on the two machines (k-NN -0.01, linear 0.00; sessions 26-29). The figures above were measured at
-# batch 256.
+# pairs on the two machines (k-NN -0.01, linear 0.00; sessions 26-29). The figures above were
+# measured at batch 256.
 FASHION_MNIST_V2 = PretrainConfig(
     method="deepcluster-v2", precision="auto", kmeans_iters=10, lr_schedule="cosine",
     warmup_epochs=0.5, epochs=2, first_targets="backbone", bank="backbone", k=300,
