@@ -23,7 +23,7 @@ backbone's at every epoch (docs/study.md, session 19). The backbone's clustering
 of the extracted features per prototype set, as the bank's does. ``sampling="clusters"`` (off in
 the preset: level over 3 seeds, session 24) trains on v1's order, as many images from every
 cluster of the first set. ``k_factor`` gives the sets more clusters one after the other
-(set s has k x k_factor^s; 1 in the preset, as SwAV).
+(set s has k x k_factor^s; SwAV gives every set k, the preset 100 / 300 / 900).
 
 The prototypes are never trained; an empty cluster keeps its previous centroid. Checkpoints have
 the same ``backbone`` and ``config`` as v1, so every benchmark reads them unchanged. Across
