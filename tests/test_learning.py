@@ -98,6 +98,6 @@ def test_knn_of_the_v2_preset_beats_its_random_init(tmp_path):
     # bench/study.py's v2b-k300 row (the same recipe in bf16, 2026-12-02/03, seeds 0 and 1):
     # 86.10 and 86.04 against 84.80; 86.15 and 86.75 since the first targets make no pass of
     # their own (2026-12-06); 86.70, 86.90 and 86.27 with the crops of session 18; 87.14, 87.76
-    # and 86.90 in the 2 epochs of the backbone's clustering (session 19); all with 300 clusters
-    # in each prototype set (the preset's 100 / 300 / 900 since session 30 were not run as this)
+    # and 86.90 in the 2 epochs of the backbone's clustering (session 19); 87.65, 87.82 and 87.32
+    # with prototype sets of 100 / 300 / 900 clusters (session 30, the first in make demo)
     assert len(knn) == 2 and knn[1] >= knn[0] + 0.5, knn
